@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test validate bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the package metadata changes; the editable install makes
+# source edits visible without it.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gcref compare
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+validate: $(STAMP)
+	$(PY) -m validation --all
+
+bench: $(STAMP)
+	$(PY) benchmarks/per_example_norms.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
