@@ -1,0 +1,130 @@
+"""The analytic reference backend: hand-derived derivatives, vectorised over the batch.
+
+Every primitive is a few matmuls or einsums over the whole batch; there is no loop over
+examples. The Hessian-vector product is Pearlmutter's R-operator: an exact
+forward-and-backward second-order pass, not a finite difference.
+
+Index conventions as in :mod:`gcref.backends._base`; ``a_i'`` and ``a_i''`` are the
+activation's ``d1`` and ``d2`` evaluated at ``z_i``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gcref.backends._base import Backend
+
+
+class NumpyBackend(Backend):
+    """Analytic MLP derivatives in NumPy (MATH.md sections 1 and 4)."""
+
+    name = "numpy"
+    xp = np
+
+    def asarray(self, x):
+        return np.asarray(x)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def sum_rows(self, x):
+        return np.sum(x, axis=-1)
+
+    def logsumexp_rows(self, x):
+        m = np.max(x, axis=-1, keepdims=True)
+        return (m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+    def stack(self, arrays, axis):
+        return np.stack(arrays, axis=axis)
+
+    def _slopes(self, mlp, zs):
+        """``[a_i'(z_i)]``, each ``(N, n_{i+1})``."""
+        return [mlp.layer_activation(i).d1(z) for i, z in enumerate(zs)]
+
+    def sensitivities(self, mlp, params, X):
+        # Delta_l = diag(a_l'(z_l)); Delta_i = (Delta_{i+1} W_{i+1}) diag(a_i'(z_i)).
+        zs = self.forward(mlp, params, X).zs
+        slopes = self._slopes(mlp, zs)
+        k = mlp.output_dim
+        deltas = [np.eye(k, dtype=X.dtype)[None, :, :] * slopes[-1][:, None, :]]
+        for i in range(mlp.depth - 2, -1, -1):
+            W_next = params[i + 1][0]
+            deltas.append((deltas[-1] @ W_next) * slopes[i][:, None, :])
+        return deltas[::-1]
+
+    def input_jacobian(self, mlp, params, X):
+        # J = Delta_1 W_1 (h'_1 = I).
+        return self.sensitivities(mlp, params, X)[0] @ params[0][0]
+
+    def hidden_jacobians(self, mlp, params, X):
+        # h'_{i+1} = diag(a_i'(z_i)) W_i h'_i, starting from h'_1 = I.
+        zs = self.forward(mlp, params, X).zs
+        slopes = self._slopes(mlp, zs)
+        n, d = X.shape
+        jacs = [np.broadcast_to(np.eye(d, dtype=X.dtype), (n, d, d)).copy()]
+        for i in range(mlp.depth - 1):
+            jacs.append(slopes[i][:, :, None] * (params[i][0] @ jacs[-1]))
+        return jacs
+
+    def param_jacobian(self, mlp, params, X):
+        # df_c/dW_i = outer(Delta_i[c], h_i), df_c/db_i = Delta_i[c] (MATH.md section 1).
+        hs = self.forward(mlp, params, X).hs
+        deltas = self.sensitivities(mlp, params, X)
+        return [
+            (np.einsum("nco,ni->ncoi", D, h), D.copy()) for D, h in zip(deltas, hs[:-1])
+        ]
+
+    def _backward(self, mlp, params, fwd, eps):
+        """``g_i = dl/dz_i`` per example from ``eps = dl/df``, and the slopes used."""
+        slopes = self._slopes(mlp, fwd.zs)
+        gs = [eps * slopes[-1]]
+        for i in range(mlp.depth - 2, -1, -1):
+            gs.append((gs[-1] @ params[i + 1][0]) * slopes[i])
+        return gs[::-1], slopes
+
+    def loss_sensitivities(self, mlp, params, X, targets, loss):
+        fwd = self.forward(mlp, params, X)
+        eps = loss.residual(fwd.output, targets)
+        return self._backward(mlp, params, fwd, eps)[0]
+
+    def loss_grad(self, mlp, params, X, targets, loss):
+        # dL/dW_i = (1/N) sum_n g_i h_i^T, dL/db_i = (1/N) sum_n g_i.
+        fwd = self.forward(mlp, params, X)
+        gs = self.loss_sensitivities(mlp, params, X, targets, loss)
+        n = X.shape[0]
+        return [(g.T @ h / n, g.sum(axis=0) / n) for g, h in zip(gs, fwd.hs[:-1])]
+
+    def loss_hvp(self, mlp, params, X, targets, loss, vector):
+        """Pearlmutter's R-operator, R{.} = d/dr (.)(theta + r v) at r = 0.
+
+        Forward:  R{h_1} = 0,  R{z_i} = V_i h_i + W_i R{h_i} + v_i,  R{h_{i+1}} = a_i' R{z_i}.
+        Output:   R{eps} = (d^2 l / df^2) R{f}.
+        Backward: with u_i = dl/dh_{i+1} (u_l = eps) and g_i = u_i a_i',
+                  R{g_i} = R{u_i} a_i' + u_i a_i'' R{z_i},
+                  R{u_{i-1}} = V_i^T g_i + W_i^T R{g_i}.
+        Result:   R{dL/dW_i} = (1/N) sum_n (R{g_i} h_i^T + g_i R{h_i}^T),  R{dL/db_i} = mean R{g_i}.
+        """
+        fwd = self.forward(mlp, params, X)
+        n = X.shape[0]
+        r_hs = [np.zeros_like(X)]
+        r_zs = []
+        for i, ((W, _), (V, v)) in enumerate(zip(params, vector)):
+            r_z = fwd.hs[i] @ V.T + r_hs[i] @ W.T + v
+            r_zs.append(r_z)
+            r_hs.append(mlp.layer_activation(i).d1(fwd.zs[i]) * r_z)
+
+        eps = loss.residual(fwd.output, targets)
+        r_u = loss.hessian_vector(fwd.output, targets, r_hs[-1])
+        u = eps
+        out = [None] * mlp.depth
+        for i in range(mlp.depth - 1, -1, -1):
+            act = mlp.layer_activation(i)
+            slope = act.d1(fwd.zs[i])
+            g = u * slope
+            r_g = r_u * slope + u * act.d2(fwd.zs[i]) * r_zs[i]
+            out[i] = ((r_g.T @ fwd.hs[i] + g.T @ r_hs[i]) / n, r_g.sum(axis=0) / n)
+            if i > 0:
+                W, _ = params[i]
+                V, _ = vector[i]
+                u, r_u = g @ W, g @ V + r_g @ W
+        return out

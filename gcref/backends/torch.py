@@ -1,0 +1,62 @@
+"""The ``torch`` backend: derivatives by ``torch.autograd``.
+
+float64 needs no global setting: tensors keep the dtype of the NumPy arrays they come from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gcref.backends._autodiff import AutodiffBackend
+
+
+class TorchBackend(AutodiffBackend):
+    """MLP primitives through ``torch.autograd.grad`` (double backward for Hessian-vector products)."""
+
+    name = "torch"
+
+    def __init__(self, device="cpu"):
+        import torch
+
+        self._torch = torch
+        self.xp = torch
+        self.device = torch.device(device)
+
+    def asarray(self, x):
+        return self._torch.as_tensor(np.asarray(x), device=self.device)
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
+
+    def sum_rows(self, x):
+        return x.sum(dim=-1)
+
+    def logsumexp_rows(self, x):
+        return self._torch.logsumexp(x, dim=-1)
+
+    def stack(self, arrays, axis):
+        return self._torch.stack(list(arrays), dim=axis)
+
+    def _dtype(self, X):
+        return np.dtype(str(X.dtype).removeprefix("torch."))
+
+    def _grad(self, out, inputs, **kwargs):
+        grads = self._torch.autograd.grad(out, inputs, allow_unused=True, **kwargs)
+        return tuple(
+            self._torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)
+        )
+
+    def vjp(self, fn, inputs, cotangent):
+        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        with self._torch.enable_grad():
+            out = fn(*inputs)
+            return self._grad(out, inputs, grad_outputs=cotangent)
+
+    def hvp(self, fn, inputs, tangents):
+        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        with self._torch.enable_grad():
+            grads = self._grad(fn(*inputs), inputs, create_graph=True)
+            directional = sum((g * t).sum() for g, t in zip(grads, tangents))
+            if not directional.requires_grad:
+                return tuple(self._torch.zeros_like(x) for x in inputs)
+            return self._grad(directional, inputs)

@@ -1,0 +1,216 @@
+"""Public MLP primitives in any backend, on NumPy arrays (MATH.md sections 1 and 4).
+
+Each function checks its inputs, converts them to the chosen backend's arrays, calls the
+backend and returns NumPy arrays. ``backend`` is a name (``"numpy"``, ``"autograd"``,
+``"jax"``, ``"torch"``) or a backend instance; see :func:`gcref.available_backends`.
+
+Index conventions: layers are listed 0-based (entry ``i - 1`` belongs to layer i);
+``N`` examples, ``d`` inputs, ``k`` outputs, ``n_i`` units entering layer i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gcref.backends import get_backend
+from gcref.backends._base import Forward
+from gcref.losses import get_loss
+from gcref.mlp import MLP
+
+
+@dataclass
+class GradNorms:
+    """Per-example squared gradient norms, split by layer and by weights and biases.
+
+    Attributes
+    ----------
+    weights : ndarray, shape (N, l)
+        ``||grad_{W_i}||_F^2``.
+    biases : ndarray, shape (N, l)
+        ``||grad_{b_i}||^2``.
+    """
+
+    weights: np.ndarray
+    biases: np.ndarray
+
+    @property
+    def per_layer(self):
+        """``||grad_{(W_i, b_i)}||^2``, shape (N, l)."""
+        return self.weights + self.biases
+
+    @property
+    def total(self):
+        """``||grad_theta||^2``, shape (N,)."""
+        return self.per_layer.sum(axis=1)
+
+
+class Call:
+    """A checked call into one backend: validated NumPy inputs and their native twins."""
+
+    def __init__(self, mlp, params, X, backend, y=None, loss=None):
+        if not isinstance(mlp, MLP):
+            raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        self.mlp = mlp
+        self.params = mlp.check_params(params)
+        self.dtype = self.params[0][0].dtype
+        self.X = mlp.check_inputs(X, self.dtype)
+        self.backend = get_backend(backend)
+        self.loss = None if loss is None else get_loss(loss)
+        self.targets = None
+        if self.loss is not None:
+            if y is None:
+                raise ValueError("y is required with a loss")
+            self.targets = self.loss.prepare_targets(
+                y, self.X.shape[0], mlp.output_dim, self.dtype
+            )
+
+    def native(self, x):
+        return self.backend.asarray(x)
+
+    def native_params(self, params=None):
+        return [(self.native(W), self.native(b)) for W, b in (params or self.params)]
+
+    def __enter__(self):
+        self._scope = self.backend.scope(self.dtype)
+        self._scope.__enter__()
+        self.nparams = self.native_params()
+        self.nX = self.native(self.X)
+        self.ntargets = None if self.targets is None else self.native(self.targets)
+        return self
+
+    def __exit__(self, *exc):
+        return self._scope.__exit__(*exc)
+
+    def numpy(self, x):
+        """Native array, or nested list/tuple of them -> NumPy, same nesting."""
+        if isinstance(x, (list, tuple)):
+            return type(x)(self.numpy(a) for a in x)
+        return self.backend.to_numpy(x)
+
+
+def forward(mlp, params, X, *, backend="numpy"):
+    """Forward pass with every layer's values.
+
+    Returns
+    -------
+    Forward
+        ``zs[i - 1]`` = z_i of shape (N, n_{i+1}); ``hs[i - 1]`` = h_i of shape (N, n_i);
+        ``hs[-1]`` = f(X) of shape (N, k).
+    """
+    with Call(mlp, params, X, backend) as c:
+        fwd = c.backend.forward(mlp, c.nparams, c.nX)
+        return Forward(c.numpy(fwd.zs), c.numpy(fwd.hs))
+
+
+def predict(mlp, params, X, *, backend="numpy"):
+    """Network output f(X), shape (N, k)."""
+    return forward(mlp, params, X, backend=backend).output
+
+
+def input_jacobian(mlp, params, X, *, backend="numpy"):
+    """Input Jacobians J(x) = df/dx, shape (N, k, d) (MATH.md section 1)."""
+    with Call(mlp, params, X, backend) as c:
+        return c.numpy(c.backend.input_jacobian(mlp, c.nparams, c.nX))
+
+
+def hidden_jacobians(mlp, params, X, *, backend="numpy"):
+    """Hidden Jacobians ``[h'_1, ..., h'_l]``, ``h'_i = dh_i/dx`` of shape (N, n_i, d); h'_1 = I."""
+    with Call(mlp, params, X, backend) as c:
+        return c.numpy(c.backend.hidden_jacobians(mlp, c.nparams, c.nX))
+
+
+def sensitivities(mlp, params, X, *, backend="numpy"):
+    """Sensitivities ``[Delta_1, ..., Delta_l]``, ``Delta_i = df/dz_i`` of shape (N, k, n_{i+1})."""
+    with Call(mlp, params, X, backend) as c:
+        return c.numpy(c.backend.sensitivities(mlp, c.nparams, c.nX))
+
+
+def param_jacobian(mlp, params, X, *, backend="numpy"):
+    """Per-example parameter Jacobians of f.
+
+    Returns
+    -------
+    list of (dW_i, db_i)
+        ``dW_i`` of shape (N, k, n_{i+1}, n_i), ``db_i`` of shape (N, k, n_{i+1}):
+        ``dW_i[n, c] = d f_c(x_n) / d W_i``.
+    """
+    with Call(mlp, params, X, backend) as c:
+        return [tuple(pair) for pair in c.numpy(c.backend.param_jacobian(mlp, c.nparams, c.nX))]
+
+
+def param_grad_sq_norms(mlp, params, X, *, backend="numpy"):
+    """Per-example squared norms of ``grad_theta f`` (summed over the k outputs), by layer.
+
+    Computed from ``||Delta_i||_F^2 (1 + ||h_i||^2)`` (MATH.md section 1, last identity)
+    without forming per-example gradients.
+
+    Returns
+    -------
+    GradNorms
+        ``.weights``, ``.biases`` and ``.per_layer`` of shape (N, l); ``.total`` of shape (N,).
+    """
+    with Call(mlp, params, X, backend) as c:
+        w, b = c.backend.param_grad_sq_norms(mlp, c.nparams, c.nX)
+        return GradNorms(c.numpy(w), c.numpy(b))
+
+
+def loss_grad_sq_norms(mlp, params, X, y, loss, *, backend="numpy"):
+    """Per-example squared norms of ``grad_theta l(f(x_n), y_n)``, by layer.
+
+    ``||grad_{W_i} l_n||^2 = ||g_i||^2 ||h_i||^2`` with ``g_i = dl_n/dz_i`` (MATH.md
+    sections 1 and 4); no per-example gradient is formed.
+    """
+    with Call(mlp, params, X, backend, y, loss) as c:
+        w, b = c.backend.loss_grad_sq_norms(mlp, c.nparams, c.nX, c.ntargets, c.loss)
+        return GradNorms(c.numpy(w), c.numpy(b))
+
+
+def per_example_loss(mlp, params, X, y, loss, *, backend="numpy"):
+    """``l(f(x_n), y_n)`` for every example, shape (N,) (MATH.md section 4)."""
+    with Call(mlp, params, X, backend, y, loss) as c:
+        out = c.backend.forward(mlp, c.nparams, c.nX).output
+        return c.numpy(c.loss.per_example(out, c.ntargets, c.backend))
+
+
+def mean_loss(mlp, params, X, y, loss, *, backend="numpy"):
+    """The empirical loss L(theta) = (1/N) sum_n l(f(x_n), y_n) (MATH.md section 4)."""
+    with Call(mlp, params, X, backend, y, loss) as c:
+        return float(c.numpy(c.backend.mean_loss(mlp, c.nparams, c.nX, c.ntargets, c.loss)))
+
+
+def residuals(mlp, params, X, y, loss, *, backend="numpy"):
+    """``eps_n = dl/df`` at ``f(x_n)``, shape (N, k) (MATH.md section 4)."""
+    with Call(mlp, params, X, backend, y, loss) as c:
+        out = c.numpy(c.backend.forward(mlp, c.nparams, c.nX).output)
+        return c.loss.residual(out, c.targets)
+
+
+def loss_sensitivities(mlp, params, X, y, loss, *, backend="numpy"):
+    """``[g_1, ..., g_l]`` with ``g_i = dl_n/dz_i`` of shape (N, n_{i+1}), per example."""
+    with Call(mlp, params, X, backend, y, loss) as c:
+        return c.numpy(c.backend.loss_sensitivities(mlp, c.nparams, c.nX, c.ntargets, c.loss))
+
+
+def loss_grad(mlp, params, X, y, loss, *, backend="numpy"):
+    """Gradient of the mean loss, as a tuple of ``(dW_i, db_i)`` like ``params``."""
+    with Call(mlp, params, X, backend, y, loss) as c:
+        grads = c.backend.loss_grad(mlp, c.nparams, c.nX, c.ntargets, c.loss)
+        return tuple(tuple(pair) for pair in c.numpy(grads))
+
+
+def loss_hvp(mlp, params, X, y, loss, vector, *, backend="numpy"):
+    """Hessian of the mean loss times ``vector`` (a tuple shaped like ``params``).
+
+    The ``numpy`` backend uses Pearlmutter's R-operator (an exact second-order pass);
+    the autodiff backends differentiate the gradient.
+    """
+    with Call(mlp, params, X, backend, y, loss) as c:
+        vec = mlp.check_params(vector, name="vector")
+        if vec[0][0].dtype != c.dtype:
+            raise TypeError(
+                f"vector has dtype {vec[0][0].dtype} but params are {c.dtype}; mixed dtypes are not promoted"
+            )
+        hv = c.backend.loss_hvp(mlp, c.nparams, c.nX, c.ntargets, c.loss, c.native_params(vec))
+        return tuple(tuple(pair) for pair in c.numpy(hv))
