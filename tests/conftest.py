@@ -1,0 +1,45 @@
+"""Hypothesis profiles and the backend fixtures shared by every test.
+
+Profiles: ``dev`` (fast, the default), ``ci`` (selected when ``CI`` is set; 200 examples
+per property) and ``thorough`` (10,000 per property, ``HYPOTHESIS_PROFILE=thorough``).
+With ``CI`` set, a backend that is not installed fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import gcref
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", max_examples=25, **_COMMON)
+settings.register_profile("ci", max_examples=200, print_blob=True, **_COMMON)
+settings.register_profile("thorough", max_examples=10_000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+AUTODIFF_BACKENDS = [name for name in gcref.backend_names() if name != "numpy"]
+
+
+def require_backend(name):
+    """Return the backend, skipping when absent locally and failing when absent in CI."""
+    if name not in gcref.available_backends():
+        message = f"backend {name!r} is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must exercise every backend)")
+        pytest.skip(message)
+    return gcref.get_backend(name)
+
+
+@pytest.fixture(params=gcref.backend_names(), ids=lambda name: f"backend={name}")
+def backend(request):
+    """Every backend, ``numpy`` included."""
+    return require_backend(request.param).name
+
+
+@pytest.fixture(params=AUTODIFF_BACKENDS, ids=lambda name: f"backend={name}")
+def autodiff_backend(request):
+    """Every backend that differentiates by autodiff (all but ``numpy``)."""
+    return require_backend(request.param).name

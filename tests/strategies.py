@@ -1,0 +1,75 @@
+"""Hypothesis strategies named after what they draw.
+
+Random arrays come from a ``numpy.random.Generator`` seeded by a drawn integer, so every
+example is reproducible from Hypothesis's own record and no global seed is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+import gcref
+
+ACTIVATION_NAMES = ("identity", "relu", "leaky_relu", "tanh", "sigmoid", "softplus")
+PARAMETER_SCALES = (0.25, 1.0, 2.0)
+
+
+@dataclass
+class Problem:
+    """An MLP, its parameters and a batch, with the generator that drew them."""
+
+    mlp: gcref.MLP
+    params: tuple
+    X: np.ndarray
+    rng: np.random.Generator
+
+    def targets(self, loss):
+        """Targets for ``loss``, drawn from ``self.rng``."""
+        n, k = self.X.shape[0], self.mlp.output_dim
+        name = gcref.get_loss(loss).name
+        if name == "squared":
+            return self.rng.normal(size=(n, k))
+        if name == "logistic":
+            return self.rng.integers(0, 2, size=n)
+        return self.rng.integers(0, k, size=n)
+
+    def direction(self):
+        """A random parameter-shaped direction."""
+        return tuple(
+            (self.rng.normal(size=W.shape), self.rng.normal(size=b.shape)) for W, b in self.params
+        )
+
+
+@st.composite
+def activations(draw, names=ACTIVATION_NAMES):
+    """A hidden activation: a registered name, or leaky ReLU with a drawn slope."""
+    name = draw(st.sampled_from(names))
+    if name == "leaky_relu" and draw(st.booleans()):
+        return gcref.leaky_relu(draw(st.sampled_from((0.0, 0.1, 0.5))))
+    return name
+
+
+@st.composite
+def mlps(draw, max_depth=4, max_width=8, max_inputs=6, max_outputs=4, min_outputs=1,
+         activation_names=ACTIVATION_NAMES):
+    """An ``MLP`` of depth 1..max_depth, widths 1..max_width, d and k in range."""
+    depth = draw(st.integers(1, max_depth))
+    d = draw(st.integers(1, max_inputs))
+    k = draw(st.integers(min_outputs, max_outputs))
+    hidden = [draw(st.integers(1, max_width)) for _ in range(depth - 1)]
+    return gcref.MLP((d, *hidden, k), activation=draw(activations(activation_names)))
+
+
+@st.composite
+def problems(draw, max_examples=5, min_outputs=1, max_outputs=4, **mlp_kwargs):
+    """A ``Problem``: random MLP, parameters at a drawn scale, biases drawn, a batch."""
+    mlp = draw(mlps(min_outputs=min_outputs, max_outputs=max_outputs, **mlp_kwargs))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from(PARAMETER_SCALES))
+    params = mlp.init(rng, scheme="lecun_normal", scale=scale, bias="normal")
+    n = draw(st.integers(1, max_examples))
+    X = rng.normal(size=(n, mlp.input_dim))
+    return Problem(mlp, params, X, rng)
