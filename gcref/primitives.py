@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gcref._checks import check_float_array
 from gcref.backends import get_backend
 from gcref.backends._base import Forward
 from gcref.losses import get_loss
@@ -113,6 +114,15 @@ def input_jacobian(mlp, params, X, *, backend="numpy"):
     """Input Jacobians J(x) = df/dx, shape (N, k, d) (MATH.md section 1)."""
     with Call(mlp, params, X, backend) as c:
         return c.numpy(c.backend.input_jacobian(mlp, c.nparams, c.nX))
+
+
+def input_vjp(mlp, params, X, cotangent, *, backend="numpy"):
+    """Vector-Jacobian products ``v_n^T J(x_n)``, shape (N, d), for ``cotangent`` v of shape (N, k)."""
+    with Call(mlp, params, X, backend) as c:
+        v = check_float_array(
+            cotangent, "cotangent", shape=(c.X.shape[0], mlp.output_dim), dtype=c.dtype
+        )
+        return c.numpy(c.backend.input_vjp(mlp, c.nparams, c.nX, c.native(v)))
 
 
 def hidden_jacobians(mlp, params, X, *, backend="numpy"):

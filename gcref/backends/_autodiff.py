@@ -65,6 +65,12 @@ class AutodiffBackend(Backend):
     def input_jacobian(self, mlp, params, X):
         return self.stack([grads[0] for grads in self._output_vjps(mlp, params, X)], 1)
 
+    def input_vjp(self, mlp, params, X, cotangent):
+        def output(X):
+            return self.forward(mlp, params, X).output
+
+        return self.vjp(output, (X,), cotangent)[0]
+
     def sensitivities(self, mlp, params, X):
         rows = self._output_vjps(mlp, params, X)
         return [self.stack([grads[1 + i] for grads in rows], 1) for i in range(mlp.depth)]

@@ -98,6 +98,10 @@ class Backend:
         """``J(x) = df/dx`` for every example, shape ``(N, k, d)``."""
         raise NotImplementedError
 
+    def input_vjp(self, mlp, params, X, cotangent):
+        """``v_n^T J(x_n)`` for every example, shape ``(N, d)``, with ``v = cotangent`` of shape ``(N, k)``."""
+        raise NotImplementedError
+
     def hidden_jacobians(self, mlp, params, X):
         """``[h'_1, ..., h'_l]`` with ``h'_i = dh_i/dx`` of shape ``(N, n_i, d)``; ``h'_1 = I``."""
         raise NotImplementedError

@@ -56,6 +56,12 @@ class NumpyBackend(Backend):
         # J = Delta_1 W_1 (h'_1 = I).
         return self.sensitivities(mlp, params, X)[0] @ params[0][0]
 
+    def input_vjp(self, mlp, params, X, cotangent):
+        # Back-propagate v through the layers: one matrix-vector product per layer.
+        fwd = self.forward(mlp, params, X)
+        g = self._backward(mlp, params, fwd, cotangent)[0][0]
+        return g @ params[0][0]
+
     def hidden_jacobians(self, mlp, params, X):
         # h'_{i+1} = diag(a_i'(z_i)) W_i h'_i, starting from h'_1 = I.
         zs = self.forward(mlp, params, X).zs

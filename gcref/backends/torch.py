@@ -1,6 +1,10 @@
 """The ``torch`` backend: derivatives by ``torch.autograd``.
 
 float64 needs no global setting: tensors keep the dtype of the NumPy arrays they come from.
+Every VJP is taken with ``create_graph=True`` when gradients are enabled, so quantities
+built on the primitives (the input Jacobian in geometric complexity, say) can themselves
+be differentiated with respect to parameters that require gradients; wrap a call in
+``torch.no_grad()`` to skip that graph.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ class TorchBackend(AutodiffBackend):
         )
 
     def vjp(self, fn, inputs, cotangent):
+        differentiable = self._torch.is_grad_enabled()
         inputs = [x.detach().requires_grad_(True) for x in inputs]
         with self._torch.enable_grad():
             out = fn(*inputs)
-            return self._grad(out, inputs, grad_outputs=cotangent)
+            return self._grad(out, inputs, grad_outputs=cotangent, create_graph=differentiable)
 
     def hvp(self, fn, inputs, tangents):
         inputs = [x.detach().requires_grad_(True) for x in inputs]
