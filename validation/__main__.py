@@ -1,0 +1,57 @@
+"""Command line: ``python -m validation NAME | --all | --list [--quick] [--out DIR] [--seed S]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from validation import experiment_names, load
+from validation._report import run_experiment
+
+DEFAULT_OUT = "validation_output"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m validation", description="Re-run the seed papers' claims with gcref."
+    )
+    parser.add_argument("name", nargs="?", choices=experiment_names(), help="experiment to run")
+    parser.add_argument("--all", action="store_true", help="run every experiment")
+    parser.add_argument("--list", action="store_true", help="print each experiment's claim")
+    parser.add_argument("--quick", action="store_true", help="small setting (seconds), for CI")
+    parser.add_argument(
+        "--out",
+        help=f"output directory (default {DEFAULT_OUT}/NAME; with --all, the parent of one "
+        "directory per experiment)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for name in experiment_names():
+            module = load(name)
+            print(f"{name:<16} [{module.SOURCE}] {module.CLAIM}")
+        return 0
+    if args.all == (args.name is not None):
+        parser.error("give exactly one of NAME, --all or --list")
+
+    names = experiment_names() if args.all else [args.name]
+    failed = []
+    for name in names:
+        if args.all:
+            out = os.path.join(args.out or DEFAULT_OUT, name)
+        else:
+            out = args.out or os.path.join(DEFAULT_OUT, name)
+        result = run_experiment(load(name), out, quick=args.quick, seed=args.seed)
+        print(f"{name}: {result['verdict']} ({result['runtime_s']} s) -> {out}")
+        if result["verdict"] != "held":
+            failed.append(name)
+    if len(names) > 1:
+        print(f"{len(names) - len(failed)} of {len(names)} claims held" + (
+            f"; did not hold: {', '.join(failed)}" if failed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
