@@ -13,6 +13,7 @@ import importlib
 # yet is listed as pending in validation/README.md, not here.
 EXPERIMENT_NAMES = (
     "layer_balance",
+    "depth_at_init",
 )
 
 
