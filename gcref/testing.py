@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcref._checks import check_positive_int, check_rng
+from gcref._checks import check_finite_scalar, check_positive_int, check_rng
 
 __all__ = [
     "DerivativeCheckError",
@@ -54,6 +54,9 @@ _RTOL = {
     np.dtype(np.float64): 1e-6,
     np.dtype(np.float32): 3e-2,
 }
+
+
+_ROUNDING_ULPS = 16
 
 
 class DerivativeCheckError(AssertionError):
@@ -171,18 +174,20 @@ def central_difference(fn, x, direction, *, step=None):
     return (plus - minus) / (2.0 * step)
 
 
-def _probe_error(fn, x, f0, u, v, claimed_value, dtype):
-    """Relative error of ``claimed_value`` against ``<u, D_v F(x)>``, and the step used."""
+def _probe_error(fn, x, f0, u, v, claimed_value, claimed_scale, fn_scale, rtol, dtype):
+    """Error of ``claimed_value`` against ``<u, D_v F(x)>`` in units of ``rtol``, and the step."""
     step = default_step(x)
     jv = central_difference(fn, x, _unflatten(v, x), step=step)
     if jv.shape != u.shape:
         raise ValueError(f"fn returned {jv.size} entries; the probe u has {u.size}")
-    fd_value = float(u @ jv)
-    # Rounding floor: F(x +- t v) carry errors of about eps |F|, which the difference
-    # quotient magnifies by 1/t; a derivative below that level is noise, not signal.
+    diff = abs(float(u @ jv) - claimed_value)
+    signal = max(float(np.linalg.norm(u) * np.linalg.norm(jv)), claimed_scale)
+    # Rounding noise: F(x +- t v) carry errors of a few ulps of the values F is computed
+    # from, which the difference quotient magnifies by 1/t. _ROUNDING_ULPS ulps is an
+    # upper bound for the short compositions checked here.
     eps = float(np.finfo(dtype).eps)
-    scale = float(np.linalg.norm(u) * np.linalg.norm(jv) + eps / step * (np.abs(u) @ np.abs(f0)))
-    diff = abs(fd_value - claimed_value)
+    noise = _ROUNDING_ULPS * eps / step * float(np.abs(u) @ np.maximum(np.abs(f0), fn_scale))
+    scale = signal + noise / rtol
     if scale == 0.0:
         return (0.0 if diff == 0.0 else np.inf), step
     return diff / scale, step
@@ -206,7 +211,7 @@ def _probes(rng, n_probes, x, out_size):
     return [(rng.normal(size=out_size), rng.normal(size=size)) for _ in range(n_probes)]
 
 
-def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
+def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, fn_scale=0.0, raise_on_failure=True):
     """Check a vector-Jacobian product by the dot-product test ``<u, J v> = <J^T u, v>``.
 
     Parameters
@@ -224,6 +229,10 @@ def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
         Number of independent probe pairs; the largest error is reported.
     rtol : float, optional
         Tolerance; :func:`default_rtol` of the dtype by default (1e-6 in float64).
+    fn_scale : float
+        Size of the intermediate values ``F`` is computed from, when larger than ``F``
+        itself: a loss near zero computed as ``logsumexp(f) - f_y`` carries rounding
+        errors of the size of ``eps |f|``, not ``eps l``. Raises the rounding floor.
     raise_on_failure : bool
         Raise :class:`DerivativeCheckError` when the error exceeds ``rtol``.
 
@@ -233,18 +242,22 @@ def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
 
     Notes
     -----
-    The error of one probe pair is
+    One probe pair passes when
 
-        |<u, D_v F> - <J^T u, v>| / (||u|| ||D_v F|| + (eps / t) <|u|, |F(x)|>)
+        |<u, D_v F> - <J^T u, v>| <= rtol * max(||u|| ||D_v F||, ||J^T u|| ||v||) + noise,
+        noise = 16 (eps / t) <|u|, max(|F(x)|, fn_scale)>,
 
     with ``D_v F`` the central difference of step ``t = eps^(1/3) max(1, ||x||_inf) /
-    ||v||_inf``. The second term of the denominator is the rounding floor of the
-    difference quotient. A claimed derivative wrong by a relative ``delta`` shows up as an
+    ||v||_inf``; ``noise`` bounds the rounding error of the difference quotient (a
+    derivative that is zero is checked against it alone). The reported error is the
+    left side divided by ``max(...) + noise / rtol``, so that it passes when
+    ``error <= rtol``. A claimed derivative wrong by a relative ``delta`` shows up as an
     error of about ``delta |cos(u, J v)|``; random probes make that cosine of order
     ``1/sqrt(m)``, and several probes make a near-zero cosine in all of them unlikely.
     """
     dtype = _dtype(x)
-    rtol = default_rtol(dtype) if rtol is None else float(rtol)
+    rtol = default_rtol(dtype) if rtol is None else check_finite_scalar(rtol, "rtol", positive=True)
+    fn_scale = check_finite_scalar(fn_scale, "fn_scale", nonnegative=True)
     f0 = fn(x)
     f0_flat = _flatten(f0)
     errors, step = [], default_step(x)
@@ -252,12 +265,13 @@ def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
         claimed = _flatten(vjp(_unflatten(u, f0)))
         if claimed.shape != v.shape:
             raise ValueError(f"vjp returned {claimed.size} entries; x has {v.size}")
-        error, step = _probe_error(fn, x, f0_flat, u, v, float(claimed @ v), dtype)
+        error, step = _probe_error(fn, x, f0_flat, u, v, float(claimed @ v),
+                                   float(np.linalg.norm(claimed) * np.linalg.norm(v)), fn_scale, rtol, dtype)
         errors.append(error)
     return _finish(errors, step, rtol, raise_on_failure, "the vector-Jacobian product")
 
 
-def check_jvp(fn, x, jvp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
+def check_jvp(fn, x, jvp, rng, *, n_probes=3, rtol=None, fn_scale=0.0, raise_on_failure=True):
     """Check a Jacobian-vector product against central differences, projected on probes.
 
     Parameters
@@ -272,6 +286,8 @@ def check_jvp(fn, x, jvp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
     rng : numpy.random.Generator
     n_probes : int
     rtol : float, optional
+    fn_scale : float
+        As in :func:`check_vjp`.
     raise_on_failure : bool
 
     Returns
@@ -285,13 +301,15 @@ def check_jvp(fn, x, jvp, rng, *, n_probes=3, rtol=None, raise_on_failure=True):
     ``fn`` the gradient.
     """
     dtype = _dtype(x)
-    rtol = default_rtol(dtype) if rtol is None else float(rtol)
+    rtol = default_rtol(dtype) if rtol is None else check_finite_scalar(rtol, "rtol", positive=True)
+    fn_scale = check_finite_scalar(fn_scale, "fn_scale", nonnegative=True)
     f0_flat = _flatten(fn(x))
     errors, step = [], default_step(x)
     for u, v in _probes(rng, n_probes, x, f0_flat.size):
         claimed = _flatten(jvp(_unflatten(v, x)))
         if claimed.shape != u.shape:
             raise ValueError(f"jvp returned {claimed.size} entries; fn returns {u.size}")
-        error, step = _probe_error(fn, x, f0_flat, u, v, float(u @ claimed), dtype)
+        error, step = _probe_error(fn, x, f0_flat, u, v, float(u @ claimed),
+                                   float(np.linalg.norm(u) * np.linalg.norm(claimed)), fn_scale, rtol, dtype)
         errors.append(error)
     return _finish(errors, step, rtol, raise_on_failure, "the Jacobian-vector product")
