@@ -1,0 +1,548 @@
+"""Implicit gradient regularisation: modified losses and the residual factorisation.
+
+MATH.md sections 4 and 5. Gradient descent with step h on the MEAN loss L follows, to
+second order, the gradient flow of a modified loss:
+
+- full batch:            L~_GD  = L + (h/4) ||grad L||^2;
+- one epoch of SGD over a partition B_1..B_m:
+                         L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2;
+- batch size 1 (seed 000, eq. 6):
+                         L~_1   = L + h/(4N) sum_n ||grad_theta l_n||^2
+                                = L + h/(4N) sum_n eps_n^2 ||grad_theta f(x_n)||^2   (k = 1).
+
+The penalties are functions of backend primitives, written once (the ``*_native``
+functions take a backend and its native arrays and are what the training loop and the
+backward-error check call). Their gradients are Hessian-vector products:
+``grad ||grad L||^2 = 2 H grad L`` (``loss_hvp``, Pearlmutter's R-operator in ``numpy``),
+and ``grad sum_n ||grad l_n||^2 = 2 sum_n H_n grad l_n``, which the ``numpy`` backend
+computes in one R-operator pass whose direction is a different rank-one matrix
+``g_{n,i} h_{n,i}^T`` for every example (no loop over examples), and the autodiff
+backends obtain by differentiating the per-example norm identity of MATH.md section 1.
+
+Index conventions as in :mod:`gcref.primitives`: ``N`` examples, ``k`` outputs,
+``l`` layers, ``h_i`` the input of layer i, ``g_i = dl_n/dz_i``, ``Delta_i = df/dz_i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gcref._checks import check_finite_scalar
+from gcref.backends._autodiff import AutodiffBackend
+from gcref.primitives import Call
+
+__all__ = [
+    "ResidualFactorisation",
+    "PressureTransfer",
+    "check_partition",
+    "modified_loss_gd",
+    "modified_loss_gd_grad",
+    "modified_loss_per_example",
+    "modified_loss_per_example_grad",
+    "modified_loss_sgd",
+    "modified_loss_sgd_grad",
+    "pressure_transfer",
+    "residual_factorisation",
+]
+
+
+# -- parameter-tuple arithmetic on native arrays -----------------------------------
+def _sq_norm(backend, pairs):
+    """``sum_i ||A_i||_F^2 + ||a_i||^2`` over a list of ``(A_i, a_i)`` pairs (native scalar)."""
+    xp = backend.xp
+    return sum(xp.sum(A * A) + xp.sum(a * a) for A, a in pairs)
+
+
+def _combine(alpha, x, beta, y):
+    """``alpha x + beta y`` for two parameter lists."""
+    return [(alpha * A + beta * B, alpha * a + beta * b) for (A, a), (B, b) in zip(x, y)]
+
+
+def _scale(alpha, x):
+    return [(alpha * A, alpha * a) for A, a in x]
+
+
+def _flat(pairs):
+    return tuple(a for pair in pairs for a in pair)
+
+
+def _pairs(flat):
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def native_gradient(backend, fn, params):
+    """Gradient of the native scalar ``fn(params)`` by the backend's reverse mode.
+
+    Only for autodiff backends; ``params`` is a list of ``(W, b)`` native pairs.
+    """
+    one = backend.asarray(np.ones((), dtype=backend._dtype(params[0][0])))
+    return _pairs(backend.vjp(lambda *flat: fn(_pairs(flat)), _flat(params), one))
+
+
+# -- partitions --------------------------------------------------------------------
+def check_partition(batches, n_examples, name="batches"):
+    """Validate a partition of ``range(n_examples)`` into index arrays.
+
+    Parameters
+    ----------
+    batches : sequence of 1-D integer array_like
+        Mini-batches B_1..B_m; every index in ``[0, N)`` must occur in exactly one.
+    n_examples : int
+
+    Returns
+    -------
+    list of ndarray of int
+    """
+    if isinstance(batches, np.ndarray) or not isinstance(batches, (list, tuple)) or not batches:
+        raise TypeError(f"{name} must be a non-empty list of 1-D integer index arrays")
+    out = []
+    for j, batch in enumerate(batches):
+        idx = np.asarray(batch)
+        if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
+            raise ValueError(f"{name}[{j}] must be a non-empty 1-D integer array; got {idx!r}")
+        out.append(idx.astype(np.int64))
+    everything = np.sort(np.concatenate(out))
+    if everything.size != n_examples or np.any(everything != np.arange(n_examples)):
+        raise ValueError(
+            f"{name} must partition range({n_examples}): every example in exactly one batch"
+        )
+    return out
+
+
+# -- penalties on native arrays ----------------------------------------------------
+def gd_penalty_native(backend, mlp, params, X, targets, loss):
+    """``||grad L||^2`` (MATH.md section 5), a native scalar."""
+    return _sq_norm(backend, backend.loss_grad(mlp, params, X, targets, loss))
+
+
+def gd_penalty_grad_native(backend, mlp, params, X, targets, loss):
+    """``grad ||grad L||^2 = 2 H grad L`` (MATH.md section 5), one Hessian-vector product."""
+    g = backend.loss_grad(mlp, params, X, targets, loss)
+    return _scale(2.0, backend.loss_hvp(mlp, params, X, targets, loss, g))
+
+
+def sgd_penalty_native(backend, mlp, params, X, targets, loss, batches):
+    """``sum_j ||grad L_{B_j}||^2`` over the mini-batches ``batches`` (index arrays)."""
+    return sum(
+        gd_penalty_native(backend, mlp, params, X[idx], targets[idx], loss) for idx in batches
+    )
+
+
+def sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches):
+    """``sum_j 2 H_{B_j} grad L_{B_j}``: one Hessian-vector product per mini-batch."""
+    total = None
+    for idx in batches:
+        term = gd_penalty_grad_native(backend, mlp, params, X[idx], targets[idx], loss)
+        total = term if total is None else _combine(1.0, total, 1.0, term)
+    return total
+
+
+def per_example_penalty_native(backend, mlp, params, X, targets, loss):
+    """``sum_n ||grad_theta l_n||^2`` from ``||g_i||^2 (1 + ||h_i||^2)`` (MATH.md sections 1, 4)."""
+    w, b = backend.loss_grad_sq_norms(mlp, params, X, targets, loss)
+    return backend.xp.sum(w) + backend.xp.sum(b)
+
+
+def per_example_penalty_grad_native(backend, mlp, params, X, targets, loss):
+    """``grad sum_n ||grad_theta l_n||^2 = 2 sum_n H_n grad_theta l_n``.
+
+    Autodiff backends differentiate :func:`per_example_penalty_native`; ``numpy`` runs
+    the analytic R-operator of :func:`_per_example_penalty_grad_numpy`.
+    """
+    if isinstance(backend, AutodiffBackend):
+        return native_gradient(
+            backend,
+            lambda p: per_example_penalty_native(backend, mlp, p, X, targets, loss),
+            params,
+        )
+    return _per_example_penalty_grad_numpy(backend, mlp, params, X, targets, loss)
+
+
+def _per_example_penalty_grad_numpy(backend, mlp, params, X, targets, loss):
+    """Analytic ``2 sum_n H_n v_n`` with the per-example direction ``v_n = grad_theta l_n``.
+
+    Pearlmutter's R-operator (see ``NumpyBackend.loss_hvp``) with a direction that differs
+    per example: ``V_i = g_i h_i^T`` and ``v_i = g_i`` for example n. The two places where
+    the direction enters become per-example scalars times vectors:
+
+    - forward:  ``V_i h_i + v_i = g_i (1 + ||h_i||^2)``, so
+      ``R{z_i} = g_i (1 + ||h_i||^2) + W_i R{h_i}``, ``R{h_{i+1}} = a_i' R{z_i}``;
+    - backward: ``V_i^T g_i = h_i ||g_i||^2``, so
+      ``R{u_{i-1}} = h_i ||g_i||^2 + W_i^T R{g_i}``, with ``R{u_l} = (d^2 l/df^2) R{f}`` and
+      ``R{g_i} = R{u_i} a_i' + u_i a_i'' R{z_i}``.
+
+    Each example's result ``H_n v_n`` is ``(R{g_i} h_i^T + g_i R{h_i}^T, R{g_i})``; the sum
+    over examples is a matrix product over the batch axis.
+    """
+    fwd = backend.forward(mlp, params, X)
+    gs = backend.loss_sensitivities(mlp, params, X, targets, loss)
+    r_hs = [np.zeros_like(X)]
+    r_zs = []
+    for i, (W, _) in enumerate(params):
+        h_sq = np.sum(fwd.hs[i] ** 2, axis=1, keepdims=True)
+        r_z = gs[i] * (1.0 + h_sq) + r_hs[i] @ W.T
+        r_zs.append(r_z)
+        r_hs.append(mlp.layer_activation(i).d1(fwd.zs[i]) * r_z)
+
+    u = loss.residual(fwd.output, targets)
+    r_u = loss.hessian_vector(fwd.output, targets, r_hs[-1])
+    out = [None] * mlp.depth
+    for i in range(mlp.depth - 1, -1, -1):
+        act = mlp.layer_activation(i)
+        g = gs[i]
+        r_g = r_u * act.d1(fwd.zs[i]) + u * act.d2(fwd.zs[i]) * r_zs[i]
+        out[i] = (2.0 * (r_g.T @ fwd.hs[i] + g.T @ r_hs[i]), 2.0 * r_g.sum(axis=0))
+        if i > 0:
+            W = params[i][0]
+            g_sq = np.sum(g * g, axis=1, keepdims=True)
+            u, r_u = g @ W, fwd.hs[i] * g_sq + r_g @ W
+    return out
+
+
+def residuals_native(backend, output, targets, loss):
+    """``eps = dl/df`` at ``output`` (MATH.md section 4), native and differentiable.
+
+    Autodiff backends differentiate the loss with respect to a zero shift of ``f``, so the
+    result keeps its dependence on the parameters; ``numpy`` uses the loss's own residual.
+    """
+    if not isinstance(backend, AutodiffBackend):
+        return loss.residual(output, targets)
+    dtype = backend._dtype(output)
+    shape = tuple(output.shape)
+    zero = backend.asarray(np.zeros(shape, dtype=dtype))
+    ones = backend.asarray(np.ones(shape[0], dtype=dtype))
+    return backend.vjp(
+        lambda shift: loss.per_example(output + shift, targets, backend), (zero,), ones
+    )[0]
+
+
+def per_example_penalty_residual_native(backend, mlp, params, X, targets, loss):
+    """``sum_n eps_n^2 ||grad_theta f(x_n)||^2`` for one output (MATH.md section 4)."""
+    if mlp.output_dim != 1:
+        raise ValueError(
+            f"the residual form needs k = 1 output; the model has k = {mlp.output_dim} "
+            "(use form='gradient')"
+        )
+    out = backend.forward(mlp, params, X).output
+    eps = residuals_native(backend, out, targets, loss)[:, 0]
+    w, b = backend.param_grad_sq_norms(mlp, params, X)
+    return backend.xp.sum(eps * eps * (backend.sum_rows(w) + backend.sum_rows(b)))
+
+
+# -- modified losses on native arrays ----------------------------------------------
+def modified_loss_gd_native(backend, mlp, params, X, targets, loss, h):
+    """``L + (h/4) ||grad L||^2``."""
+    L = backend.mean_loss(mlp, params, X, targets, loss)
+    return L + (h / 4.0) * gd_penalty_native(backend, mlp, params, X, targets, loss)
+
+
+def modified_loss_gd_grad_native(backend, mlp, params, X, targets, loss, h):
+    """``grad L + (h/2) H grad L``."""
+    g = backend.loss_grad(mlp, params, X, targets, loss)
+    hg = backend.loss_hvp(mlp, params, X, targets, loss, g)
+    return _combine(1.0, g, h / 2.0, hg)
+
+
+def modified_loss_sgd_native(backend, mlp, params, X, targets, loss, h, batches):
+    """``L + h/(4m) sum_j ||grad L_{B_j}||^2``."""
+    L = backend.mean_loss(mlp, params, X, targets, loss)
+    penalty = sgd_penalty_native(backend, mlp, params, X, targets, loss, batches)
+    return L + (h / (4.0 * len(batches))) * penalty
+
+
+def modified_loss_sgd_grad_native(backend, mlp, params, X, targets, loss, h, batches):
+    """``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``."""
+    g = backend.loss_grad(mlp, params, X, targets, loss)
+    pg = sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches)
+    return _combine(1.0, g, h / (4.0 * len(batches)), pg)
+
+
+def modified_loss_per_example_native(backend, mlp, params, X, targets, loss, h, form="gradient"):
+    """``L + h/(4N) sum_n ||grad_theta l_n||^2`` in the ``"gradient"`` or ``"residual"`` form."""
+    penalty_fn = {
+        "gradient": per_example_penalty_native,
+        "residual": per_example_penalty_residual_native,
+    }[form]
+    L = backend.mean_loss(mlp, params, X, targets, loss)
+    n = X.shape[0]
+    return L + (h / (4.0 * n)) * penalty_fn(backend, mlp, params, X, targets, loss)
+
+
+def modified_loss_per_example_grad_native(backend, mlp, params, X, targets, loss, h):
+    """``grad L + h/(4N) grad sum_n ||grad_theta l_n||^2``."""
+    g = backend.loss_grad(mlp, params, X, targets, loss)
+    pg = per_example_penalty_grad_native(backend, mlp, params, X, targets, loss)
+    return _combine(1.0, g, h / (4.0 * X.shape[0]), pg)
+
+
+# -- public functions, NumPy in and out ---------------------------------------------
+def _check_h(h):
+    return check_finite_scalar(h, "h", nonnegative=True)
+
+
+def _grad_tuple(c, pairs):
+    return tuple(tuple(pair) for pair in c.numpy(pairs))
+
+
+def modified_loss_gd(mlp, params, X, y, loss, h, *, backend="numpy"):
+    """Modified loss of full-batch gradient descent with step ``h``.
+
+    Parameters
+    ----------
+    mlp : gcref.MLP
+    params : tuple of (W, b)
+    X : ndarray, shape (N, d)
+    y : array_like
+        Targets for ``loss`` (see :mod:`gcref.losses`).
+    loss : str or gcref.losses.Loss
+    h : float >= 0
+        Learning rate.
+    backend : str
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    ``L~_GD = L + (h/4) ||grad L||^2`` with L the mean loss (MATH.md section 5;
+    Barrett and Dherin, Implicit Gradient Regularization).
+    """
+    h = _check_h(h)
+    with Call(mlp, params, X, backend, y, loss) as c:
+        value = modified_loss_gd_native(c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h)
+        return float(c.numpy(value))
+
+
+def modified_loss_gd_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
+    """Gradient of :func:`modified_loss_gd`, a tuple of ``(dW_i, db_i)`` like ``params``.
+
+    Notes
+    -----
+    ``grad L~_GD = grad L + (h/2) H grad L`` (MATH.md section 5): one Hessian-vector
+    product, analytic (R-operator) in ``numpy``.
+    """
+    h = _check_h(h)
+    with Call(mlp, params, X, backend, y, loss) as c:
+        grads = modified_loss_gd_grad_native(
+            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h
+        )
+        return _grad_tuple(c, grads)
+
+
+def modified_loss_sgd(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
+    """Modified loss of one epoch of SGD with step ``h`` over the partition ``batches``.
+
+    Parameters
+    ----------
+    batches : sequence of 1-D integer arrays, length m
+        A partition of ``range(N)`` into the mini-batches B_1..B_m.
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    ``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` with L the mean loss over all N
+    examples and ``L_{B_j}`` the mean loss over B_j (MATH.md section 5; Smith, Dherin,
+    Barrett and De). The other parameters are those of :func:`modified_loss_gd`.
+    """
+    h = _check_h(h)
+    with Call(mlp, params, X, backend, y, loss) as c:
+        batches = check_partition(batches, c.X.shape[0])
+        value = modified_loss_sgd_native(
+            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, batches
+        )
+        return float(c.numpy(value))
+
+
+def modified_loss_sgd_grad(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
+    """Gradient of :func:`modified_loss_sgd`, a tuple of ``(dW_i, db_i)``.
+
+    Notes
+    -----
+    ``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``: one Hessian-vector product per batch.
+    """
+    h = _check_h(h)
+    with Call(mlp, params, X, backend, y, loss) as c:
+        batches = check_partition(batches, c.X.shape[0])
+        grads = modified_loss_sgd_grad_native(
+            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, batches
+        )
+        return _grad_tuple(c, grads)
+
+
+def modified_loss_per_example(mlp, params, X, y, loss, h, *, form="gradient", backend="numpy"):
+    """Modified loss of SGD with batch size 1 (seed 000, eq. 6).
+
+    Parameters
+    ----------
+    form : {"gradient", "residual"}
+        ``"gradient"``: from the per-example loss-gradient norms ``||grad_theta l_n||^2``;
+        ``"residual"``: from ``eps_n^2 ||grad_theta f(x_n)||^2``, one output only.
+        The two agree (the factorisation of MATH.md section 4).
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    ``L~ = L + h/(4N) sum_n ||grad_theta l_n||^2 = L + h/(4N) sum_n eps_n^2 ||grad_theta f(x_n)||^2``
+    (MATH.md section 5). No per-example gradient is formed.
+    """
+    h = _check_h(h)
+    if form not in ("gradient", "residual"):
+        raise ValueError(f"form must be 'gradient' or 'residual'; got {form!r}")
+    with Call(mlp, params, X, backend, y, loss) as c:
+        value = modified_loss_per_example_native(
+            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, form
+        )
+        return float(c.numpy(value))
+
+
+def modified_loss_per_example_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
+    """Gradient of :func:`modified_loss_per_example`, a tuple of ``(dW_i, db_i)``.
+
+    Notes
+    -----
+    ``grad L + h/(4N) 2 sum_n H_n grad_theta l_n``, with ``H_n`` the Hessian of the n-th
+    per-example loss: in ``numpy`` one R-operator pass with per-example rank-one
+    directions (vectorised over the batch); in autodiff backends the gradient of the
+    per-example norm identity ``||g_i||^2 (1 + ||h_i||^2)``.
+    """
+    h = _check_h(h)
+    with Call(mlp, params, X, backend, y, loss) as c:
+        grads = modified_loss_per_example_grad_native(
+            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h
+        )
+        return _grad_tuple(c, grads)
+
+
+# -- residual factorisation and the transfer of pressure ---------------------------
+@dataclass
+class ResidualFactorisation:
+    """Per-example pieces of ``grad_theta l_n = J_theta(x_n)^T eps_n`` (MATH.md section 4).
+
+    Attributes
+    ----------
+    loss_grad_sq : ndarray, shape (N,)
+        ``||grad_theta l_n||^2``, from the loss sensitivities.
+    residual_sq : ndarray, shape (N,)
+        ``||eps_n||^2``.
+    param_grad_sq : ndarray, shape (N,)
+        ``||J_theta(x_n)||_F^2 = ||grad_theta f(x_n)||_F^2`` (summed over the k outputs).
+    jacobian_spectral_sq : ndarray, shape (N,)
+        ``||J_theta(x_n)||_2^2``, the largest eigenvalue of the k x k Gram matrix.
+    quadratic_form : ndarray, shape (N,)
+        ``eps_n^T J_theta J_theta^T eps_n``, which equals ``loss_grad_sq``.
+    """
+
+    loss_grad_sq: np.ndarray
+    residual_sq: np.ndarray
+    param_grad_sq: np.ndarray
+    jacobian_spectral_sq: np.ndarray
+    quadratic_form: np.ndarray
+
+    @property
+    def bound(self):
+        """``||eps_n||^2 ||J_theta||_2^2 >= ||grad_theta l_n||^2``, shape (N,)."""
+        return self.residual_sq * self.jacobian_spectral_sq
+
+
+def jacobian_gram_native(backend, mlp, params, X):
+    """``J_theta J_theta^T = sum_i Delta_i Delta_i^T (1 + ||h_i||^2)``, shape (N, k, k).
+
+    ``J_theta(x)`` is the k x P parameter Jacobian; ``df_c/dW_i = outer(Delta_i[c], h_i)``
+    and ``df_c/db_i = Delta_i[c]`` (MATH.md section 1) give the Gram matrix without
+    forming it.
+    """
+    hs = backend.forward(mlp, params, X).hs
+    deltas = backend.sensitivities(mlp, params, X)
+    xp = backend.xp
+    return sum(
+        xp.einsum("nco,ndo->ncd", D, D) * (1.0 + backend.sum_rows(h * h))[:, None, None]
+        for D, h in zip(deltas, hs[:-1])
+    )
+
+
+def residual_factorisation(mlp, params, X, y, loss, *, backend="numpy"):
+    """Per-example factorisation of the loss gradient through the residual.
+
+    Returns
+    -------
+    ResidualFactorisation
+
+    Notes
+    -----
+    ``grad_theta l_n = J_theta(x_n)^T eps_n`` (MATH.md section 4), so
+    ``||grad_theta l_n||^2 = eps_n^T G_n eps_n <= ||eps_n||^2 ||J_theta(x_n)||_2^2`` with
+    ``G_n = J_theta J_theta^T`` (k x k). For one output (squared or logistic loss) this is
+    the equality ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2``.
+    """
+    with Call(mlp, params, X, backend, y, loss) as c:
+        be = c.backend
+        w, b = be.loss_grad_sq_norms(mlp, c.nparams, c.nX, c.ntargets, c.loss)
+        gram = c.numpy(jacobian_gram_native(be, mlp, c.nparams, c.nX))
+        out = c.numpy(be.forward(mlp, c.nparams, c.nX).output)
+        loss_grad_sq = c.numpy(w).sum(axis=1) + c.numpy(b).sum(axis=1)
+    eps = c.loss.residual(out, c.targets)
+    return ResidualFactorisation(
+        loss_grad_sq=loss_grad_sq,
+        residual_sq=np.sum(eps * eps, axis=1),
+        param_grad_sq=np.trace(gram, axis1=1, axis2=2),
+        jacobian_spectral_sq=np.linalg.eigvalsh(gram)[:, -1],
+        quadratic_form=np.einsum("nc,ncd,nd->n", eps, gram, eps),
+    )
+
+
+@dataclass
+class PressureTransfer:
+    """Both sides of ``||grad_theta l_n||^2 >= eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``.
+
+    Attributes
+    ----------
+    loss_grad_sq : ndarray, shape (N,)
+        ``||grad_theta l_n||^2``.
+    input_pressure : ndarray, shape (N,)
+        ``eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``, never larger than ``loss_grad_sq``.
+    """
+
+    loss_grad_sq: np.ndarray
+    input_pressure: np.ndarray
+
+
+def pressure_transfer(mlp, params, X, y, loss, *, backend="numpy"):
+    """The transfer of the per-example pressure to the input gradient (one output).
+
+    Returns
+    -------
+    PressureTransfer
+
+    Notes
+    -----
+    MATH.md section 5, last line:
+    ``||grad_theta l_n||^2 >= eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``. By the
+    factorisation ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2`` this is the
+    transfer theorem (MATH.md section 3) times ``eps_n^2``; the right-hand side is
+    computed as ``eps_n^2 ||grad_theta f(x_n)||^2 r_n`` with ``r_n`` the transfer ratio
+    of :func:`gcref.transfer.transfer_ratio`.
+    """
+    from gcref.transfer import transfer_ratio
+
+    with Call(mlp, params, X, backend, y, loss) as c:
+        if mlp.output_dim != 1:
+            raise ValueError(
+                f"the transfer of pressure is stated for k = 1 output; the model has k = {mlp.output_dim}"
+            )
+        w, b = c.backend.loss_grad_sq_norms(mlp, c.nparams, c.nX, c.ntargets, c.loss)
+        pw, pb = c.backend.param_grad_sq_norms(mlp, c.nparams, c.nX)
+        out = c.numpy(c.backend.forward(mlp, c.nparams, c.nX).output)
+        loss_grad_sq = c.numpy(w).sum(axis=1) + c.numpy(b).sum(axis=1)
+        param_grad_sq = c.numpy(pw).sum(axis=1) + c.numpy(pb).sum(axis=1)
+    eps = c.loss.residual(out, c.targets)[:, 0]
+    ratio = np.asarray(transfer_ratio(mlp, c.params, c.X, backend=c.backend))
+    return PressureTransfer(loss_grad_sq, eps**2 * param_grad_sq * ratio)

@@ -1,0 +1,424 @@
+"""Training by gradient descent, with and without explicit regularisers, and its metrics.
+
+:func:`train` runs full-batch gradient descent or mini-batch SGD on the MEAN loss
+(MATH.md section 4) plus optional penalties, in any backend, and records metrics at
+chosen steps. The objective of one step on the mini-batch B (all of D for full-batch GD) is
+
+    L_B(theta) + sum of the penalties evaluated on B.
+
+Penalties
+---------
+- :class:`L2Penalty` ``(strength)``: ``strength * sum_i ||W_i||_F^2`` (weights only).
+- :class:`SpectralPenalty` ``(strength)``: ``strength * sum_i ||W_i||_2``; its gradient
+  is ``strength * u_1 v_1^T`` per layer (top singular pair, assumed simple).
+- :class:`IGRPenalty` ``(h)``: the implicit regulariser made explicit,
+  ``(h/4) ||grad L_B||^2`` (MATH.md section 5), gradient ``(h/2) H_B grad L_B``.
+- :class:`PerExampleIGRPenalty` ``(h)``: ``h/(4|B|) sum_{n in B} ||grad_theta l_n||^2``
+  (seed 000, eq. 6).
+- :class:`GCPenalty` ``(strength)``: ``strength * GC(f, B)`` (MATH.md section 2);
+  autodiff backends only.
+
+The ``numpy`` loop is the reference: it differentiates every penalty but GC by hand
+(analytic gradients and Hessian-vector products). The autodiff backends differentiate
+the IGR penalty by the same Hessian-vector product and the others by reverse mode.
+
+Backends
+--------
+- ``"jax"``: the gradient of the objective, and with a plain learning rate the whole
+  update, is one ``jax.jit``-compiled function of the native parameters and the batch,
+  traced once per batch shape inside ``jax.enable_x64`` when the parameters are float64.
+- ``"torch"``: eager. ``torch.compile`` is not used: the step differentiates through
+  ``torch.autograd.grad(..., create_graph=True)`` (Hessian-vector products, the
+  per-example norm identity, GC), which TorchDynamo does not trace (graph breaks, so
+  it would compile nothing while paying its start-up cost).
+- ``"autograd"`` and ``"numpy"``: eager.
+
+Optimisers
+----------
+``lr=...`` takes plain gradient-descent steps ``theta <- theta - lr grad``. Any object
+with ``update(mlp, params, grads, step) -> new_params`` (params and grads tuples of
+``(W, b)`` NumPy arrays, ``step`` counted from 1), such as those of
+:mod:`gcref.optimizers`, can be passed as ``optimizer=`` instead; its update runs in NumPy
+on the gradient computed by the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gcref._checks import check_finite_scalar, check_positive_int, check_rng
+from gcref.backends._autodiff import AutodiffBackend
+from gcref.igr import (
+    _combine,
+    gd_penalty_grad_native,
+    gd_penalty_native,
+    native_gradient,
+    per_example_penalty_grad_native,
+    per_example_penalty_native,
+)
+from gcref.primitives import Call
+
+__all__ = [
+    "GCPenalty",
+    "IGRPenalty",
+    "L2Penalty",
+    "METRICS",
+    "Penalty",
+    "PerExampleIGRPenalty",
+    "SpectralPenalty",
+    "TrainResult",
+    "train",
+]
+
+#: Metric names :func:`train` can record.
+METRICS = ("loss", "gc", "igr", "transfer_ratio", "layer_norms")
+
+
+# -- penalties ---------------------------------------------------------------------
+class Penalty:
+    """A term added to the loss of every step, on the native arrays of a backend.
+
+    Subclasses implement ``value`` and may implement ``gradient``; the default gradient
+    is reverse mode through ``value`` in autodiff backends and an error in ``numpy``.
+    Both receive ``(backend, mlp, params, X, targets, loss)`` for the current batch.
+    """
+
+    def __init__(self, strength):
+        self.strength = check_finite_scalar(strength, "strength", nonnegative=True)
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        """The penalty, a native scalar."""
+        raise NotImplementedError
+
+    def gradient(self, backend, mlp, params, X, targets, loss):
+        """Its gradient, a list of ``(dW_i, db_i)`` native pairs."""
+        if not isinstance(backend, AutodiffBackend):
+            raise ValueError(
+                f"{type(self).__name__} has no analytic gradient in the numpy backend; "
+                "train with backend='jax', 'torch' or 'autograd'"
+            )
+        return native_gradient(
+            backend, lambda p: self.value(backend, mlp, p, X, targets, loss), params
+        )
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.strength:g})"
+
+
+class L2Penalty(Penalty):
+    """``strength * sum_i ||W_i||_F^2``; biases are not penalised."""
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        return self.strength * sum(backend.xp.sum(W * W) for W, _ in params)
+
+    def gradient(self, backend, mlp, params, X, targets, loss):
+        return [(2.0 * self.strength * W, 0.0 * b) for W, b in params]
+
+
+class SpectralPenalty(Penalty):
+    """``strength * sum_i ||W_i||_2`` (largest singular value of each weight matrix).
+
+    The gradient ``u_1 v_1^T`` needs a simple top singular value; it is the same in
+    every backend (``xp.linalg.svd``), so the autodiff loops agree with ``numpy``.
+    """
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        return self.strength * sum(
+            backend.xp.linalg.svd(W, full_matrices=False)[1][0] for W, _ in params
+        )
+
+    def gradient(self, backend, mlp, params, X, targets, loss):
+        out = []
+        for W, b in params:
+            U, _, Vh = backend.xp.linalg.svd(W, full_matrices=False)
+            out.append((self.strength * (U[:, :1] @ Vh[:1, :]), 0.0 * b))
+        return out
+
+
+class IGRPenalty(Penalty):
+    """``(h/4) ||grad L_B||^2``, the implicit gradient regulariser of step ``h`` made explicit."""
+
+    def __init__(self, h):
+        super().__init__(h)
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        return (self.strength / 4.0) * gd_penalty_native(backend, mlp, params, X, targets, loss)
+
+    def gradient(self, backend, mlp, params, X, targets, loss):
+        grads = gd_penalty_grad_native(backend, mlp, params, X, targets, loss)
+        return [(self.strength / 4.0 * A, self.strength / 4.0 * a) for A, a in grads]
+
+
+class PerExampleIGRPenalty(Penalty):
+    """``h/(4|B|) sum_{n in B} ||grad_theta l_n||^2`` (seed 000, eq. 6)."""
+
+    def __init__(self, h):
+        super().__init__(h)
+
+    def _factor(self, X):
+        return self.strength / (4.0 * X.shape[0])
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        return self._factor(X) * per_example_penalty_native(backend, mlp, params, X, targets, loss)
+
+    def gradient(self, backend, mlp, params, X, targets, loss):
+        grads = per_example_penalty_grad_native(backend, mlp, params, X, targets, loss)
+        return [(self._factor(X) * A, self._factor(X) * a) for A, a in grads]
+
+
+class GCPenalty(Penalty):
+    """``strength * GC(f, B)``, the geometric complexity of the batch (MATH.md section 2).
+
+    Autodiff backends only: the ``numpy`` backend has no analytic gradient of GC.
+    """
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        from gcref.complexity import geometric_complexity_native
+
+        return self.strength * geometric_complexity_native(mlp, params, X, backend=backend)
+
+
+def _check_penalties(penalties):
+    if isinstance(penalties, Penalty):
+        penalties = (penalties,)
+    penalties = tuple(penalties)
+    for p in penalties:
+        if not isinstance(p, Penalty):
+            raise TypeError(f"penalties must be Penalty objects; got {type(p).__name__}")
+    return penalties
+
+
+# -- one step ----------------------------------------------------------------------
+def objective_gradient(backend, mlp, params, X, targets, loss, penalties):
+    """Gradient of ``L_B + sum penalties`` on native arrays, a list of ``(dW, db)``."""
+    grads = backend.loss_grad(mlp, params, X, targets, loss)
+    for penalty in penalties:
+        grads = _combine(
+            1.0, grads, 1.0, penalty.gradient(backend, mlp, params, X, targets, loss)
+        )
+    return grads
+
+
+def _to_flat(pairs):
+    return tuple(a for pair in pairs for a in pair)
+
+
+def _to_pairs(flat):
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _step_function(backend, mlp, loss, penalties, lr):
+    """``step(flat_params, X, targets) -> flat`` new params (``lr`` given) or gradient.
+
+    One function of native arrays; jitted as a whole in JAX.
+    """
+
+    def step(flat, X, targets):
+        params = _to_pairs(flat)
+        grads = objective_gradient(backend, mlp, params, X, targets, loss, penalties)
+        if lr is None:
+            return _to_flat(grads)
+        return _to_flat(_combine(1.0, params, -lr, grads))
+
+    if backend.name == "jax":
+        import jax
+
+        return jax.jit(step)
+    if backend.name == "torch":
+        import torch
+
+        def step_without_graph(flat, X, targets):
+            # Nested derivatives enable grad where they need it; the step's result must
+            # not carry a graph from one step into the next.
+            with torch.no_grad():
+                return step(flat, X, targets)
+
+        return step_without_graph
+    return step
+
+
+# -- metrics -----------------------------------------------------------------------
+def _metric_values(name, mlp, params, X, y, loss, igr_h):
+    """Metric ``name`` at ``params`` on the whole data set, with the numpy backend."""
+    if name == "loss":
+        from gcref.primitives import mean_loss
+
+        return {"loss": mean_loss(mlp, params, X, y, loss)}
+    if name == "gc":
+        from gcref.complexity import geometric_complexity
+
+        return {"gc": float(geometric_complexity(mlp, params, X))}
+    if name == "igr":
+        from gcref.igr import modified_loss_gd
+        from gcref.primitives import mean_loss
+
+        value = modified_loss_gd(mlp, params, X, y, loss, igr_h) - mean_loss(mlp, params, X, y, loss)
+        return {"igr": value}
+    if name == "transfer_ratio":
+        from gcref.transfer import transfer_ratio
+
+        return {"transfer_ratio": float(np.mean(transfer_ratio(mlp, params, X)))}
+    frob = np.array([np.linalg.norm(W) for W, _ in params])
+    spec = np.array([np.linalg.norm(W, 2) for W, _ in params])
+    return {"frobenius_norms": frob, "spectral_norms": spec}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    params : tuple of (W, b) ndarray
+        The parameters after the last step.
+    history : dict of str -> ndarray
+        ``"step"`` (R,), the steps at which metrics were recorded (0 is the start), and
+        one array per recorded quantity: ``"loss"``, ``"gc"``, ``"igr"`` and
+        ``"transfer_ratio"`` of shape (R,); ``"frobenius_norms"`` and
+        ``"spectral_norms"`` of shape (R, l) for ``"layer_norms"``.
+    """
+
+    params: tuple
+    history: dict
+
+
+def _check_metrics(metrics, lr, optimizer, igr_h):
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(metrics)
+    for name in metrics:
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; expected some of {METRICS}")
+    if "igr" in metrics and igr_h is None:
+        igr_h = lr if lr is not None else getattr(optimizer, "lr", None)
+        if igr_h is None:
+            raise ValueError("the 'igr' metric needs igr_h (the step h of (h/4)||grad L||^2)")
+    return metrics, igr_h
+
+
+def _epoch_batches(rng, n, batch_size):
+    """A shuffled epoch: consecutive slices of a permutation; the last may be smaller."""
+    order = rng.permutation(n)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train(mlp, params, X, y, loss, *, steps, lr=None, optimizer=None, batch_size=None,
+          rng=None, penalties=(), backend="numpy", record_every=None, metrics=("loss",),
+          igr_h=None):
+    """Train an MLP by full-batch gradient descent or mini-batch SGD.
+
+    Parameters
+    ----------
+    mlp : gcref.MLP
+    params : tuple of (W, b)
+        Starting parameters (not modified).
+    X : ndarray, shape (N, d)
+    y : array_like
+        Targets for ``loss``.
+    loss : str or gcref.losses.Loss
+    steps : int >= 0
+        Number of updates.
+    lr : float > 0, optional
+        Learning rate of plain gradient descent. Exactly one of ``lr`` and ``optimizer``.
+    optimizer : object with ``update(mlp, params, grads, step)``, optional
+        See the module docstring.
+    batch_size : int, optional
+        ``None``: full-batch gradient descent. Otherwise SGD: each epoch shuffles the
+        examples with ``rng`` and takes consecutive mini-batches of ``batch_size`` (the
+        last one smaller when ``batch_size`` does not divide N).
+    rng : numpy.random.Generator
+        Required for SGD.
+    penalties : Penalty or sequence of Penalty
+        Added to the mini-batch loss at every step.
+    backend : str
+    record_every : int, optional
+        Record metrics at step 0, every ``record_every`` steps and after the last step;
+        ``None`` records at the start and the end only.
+    metrics : sequence of str
+        Some of :data:`METRICS`: ``"loss"`` (mean loss on all of D), ``"gc"``
+        (geometric complexity on D), ``"igr"`` (``(h/4) ||grad L||^2`` on D),
+        ``"transfer_ratio"`` (its mean over D), ``"layer_norms"`` (Frobenius and spectral
+        norm of every W_i). Computed on NumPy copies with the analytic ``numpy`` backend.
+    igr_h : float, optional
+        h of the ``"igr"`` metric; by default ``lr`` (or ``optimizer.lr``).
+
+    Returns
+    -------
+    TrainResult
+
+    Examples
+    --------
+    >>> import numpy as np, gcref
+    >>> from gcref.training import train, IGRPenalty
+    >>> mlp = gcref.MLP((1, 16, 1), activation="tanh")
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(-1, 1, size=(20, 1)); y = np.sin(3 * X)
+    >>> result = train(mlp, mlp.init(rng), X, y, "squared", steps=100, lr=0.1,
+    ...                penalties=[IGRPenalty(0.5)], metrics=("loss", "gc"), record_every=50)
+    >>> result.history["step"].tolist()
+    [0, 50, 100]
+    """
+    steps = check_positive_int(steps, "steps", minimum=0)
+    if (lr is None) == (optimizer is None):
+        raise ValueError("give exactly one of lr (plain gradient descent) and optimizer")
+    if lr is not None:
+        lr = check_finite_scalar(lr, "lr", positive=True)
+    elif not callable(getattr(optimizer, "update", None)):
+        raise TypeError("optimizer must have a method update(mlp, params, grads, step)")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+        check_rng(rng)
+    if record_every is not None:
+        record_every = check_positive_int(record_every, "record_every")
+    penalties = _check_penalties(penalties)
+    metrics, igr_h = _check_metrics(metrics, lr, optimizer, igr_h)
+
+    c = Call(mlp, params, X, backend, y, loss)
+    n = c.X.shape[0]
+    if not isinstance(c.backend, AutodiffBackend):
+        for p in penalties:
+            if isinstance(p, GCPenalty):
+                raise ValueError(
+                    "GCPenalty has no analytic gradient in the numpy backend; "
+                    "train with backend='jax', 'torch' or 'autograd'"
+                )
+
+    history = {"step": []}
+
+    def record(step, current):
+        history["step"].append(step)
+        for name in metrics:
+            for key, value in _metric_values(name, mlp, current, c.X, y, c.loss, igr_h).items():
+                history.setdefault(key, []).append(value)
+
+    current = c.params
+    record(0, current)
+    with c:
+        step_fn = _step_function(c.backend, mlp, c.loss, penalties, lr)
+        flat = _to_flat(c.nparams)
+        batches = []
+        for step in range(1, steps + 1):
+            if batch_size is None:
+                Xb, tb = c.nX, c.ntargets
+            else:
+                if not batches:
+                    batches = _epoch_batches(rng, n, batch_size)
+                idx = batches.pop(0)
+                Xb, tb = c.native(c.X[idx]), c.native(c.targets[idx])
+            out = step_fn(flat, Xb, tb)
+            if lr is None:
+                grads = tuple(tuple(pair) for pair in c.numpy(_to_pairs(out)))
+                current = tuple(optimizer.update(mlp, current, grads, step))
+                flat = _to_flat(c.native_params(current))
+            else:
+                flat = out
+            if (record_every is not None and step % record_every == 0) or step == steps:
+                if lr is not None:
+                    current = tuple(tuple(pair) for pair in c.numpy(_to_pairs(flat)))
+                if history["step"][-1] != step:
+                    record(step, current)
+        if lr is not None:
+            current = tuple(tuple(pair) for pair in c.numpy(_to_pairs(flat)))
+    return TrainResult(current, {key: np.asarray(value) for key, value in history.items()})
