@@ -526,23 +526,22 @@ def pressure_transfer(mlp, params, X, y, loss, *, backend="numpy"):
     -----
     MATH.md section 5, last line:
     ``||grad_theta l_n||^2 >= eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``. By the
-    factorisation ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2`` this is the
-    transfer theorem (MATH.md section 3) times ``eps_n^2``; the right-hand side is
-    computed as ``eps_n^2 ||grad_theta f(x_n)||^2 r_n`` with ``r_n`` the transfer ratio
-    of :func:`gcref.transfer.transfer_ratio`.
+    factorisation ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2`` it is the
+    transfer theorem (MATH.md section 3) times ``eps_n^2``. The terms
+    ``||J||_F^2 T_i^2`` come from :func:`gcref.transfer.transfer_terms`, finite (zero)
+    on dead layers.
     """
-    from gcref.transfer import transfer_ratio
+    from gcref.transfer import transfer_terms
 
     with Call(mlp, params, X, backend, y, loss) as c:
         if mlp.output_dim != 1:
             raise ValueError(
-                f"the transfer of pressure is stated for k = 1 output; the model has k = {mlp.output_dim}"
+                "the transfer of pressure is stated for k = 1 output; "
+                f"the model has k = {mlp.output_dim}"
             )
         w, b = c.backend.loss_grad_sq_norms(mlp, c.nparams, c.nX, c.ntargets, c.loss)
-        pw, pb = c.backend.param_grad_sq_norms(mlp, c.nparams, c.nX)
         out = c.numpy(c.backend.forward(mlp, c.nparams, c.nX).output)
         loss_grad_sq = c.numpy(w).sum(axis=1) + c.numpy(b).sum(axis=1)
-        param_grad_sq = c.numpy(pw).sum(axis=1) + c.numpy(pb).sum(axis=1)
     eps = c.loss.residual(out, c.targets)[:, 0]
-    ratio = np.asarray(transfer_ratio(mlp, c.params, c.X, backend=c.backend))
-    return PressureTransfer(loss_grad_sq, eps**2 * param_grad_sq * ratio)
+    terms = transfer_terms(mlp, c.params, c.X, backend=c.backend)
+    return PressureTransfer(loss_grad_sq, eps**2 * terms.layer_terms.sum(axis=1))
