@@ -14,6 +14,9 @@ import importlib
 EXPERIMENT_NAMES = (
     "layer_balance",
     "depth_at_init",
+    "min_norm",
+    "backward_error",
+    "transfer",
 )
 
 

@@ -6,7 +6,7 @@ every layer and the differences between layers are constant. Gradient descent wi
 changes each difference by O(h^2) per step, O(h) over a fixed training time, while the norms
 themselves change by O(1).
 
-The network is bias-free: its biases are zero and never updated. Both step sizes train for
+The network is bias-free: its biases are zero and never updated (``train_biases=False``). Both step sizes train for
 the same time t = h * steps so their drifts are comparable.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import gcref
+from gcref.optimizers import GradientDescent
 from validation._report import Outcome, pyplot, save_figure
 
 NAME = "layer_balance"
@@ -43,6 +44,7 @@ def layer_sq_norms(params):
 
 def train(mlp, params, X, y, step, n_steps, records, progress, label):
     """Full-batch GD on the weights only; the squared norms at ``records`` evenly spaced steps."""
+    optimizer = GradientDescent(step, train_biases=False)
     record_at = set(np.linspace(0, n_steps, records, dtype=int).tolist())
     times, norms, losses = [], [], []
     for n in range(n_steps + 1):
@@ -53,7 +55,7 @@ def train(mlp, params, X, y, step, n_steps, records, progress, label):
         if n == n_steps:
             break
         grads = gcref.loss_grad(mlp, params, X, y, "squared")
-        params = tuple((W - step * dW, b) for (W, b), (dW, _) in zip(params, grads))
+        params = optimizer.update(mlp, params, grads, n + 1)
         progress(n + 1, n_steps, label)
     return np.array(times), np.array(norms), np.array(losses)
 
