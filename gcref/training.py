@@ -52,6 +52,8 @@ from gcref._checks import check_finite_scalar, check_positive_int, check_rng
 from gcref.backends._autodiff import AutodiffBackend
 from gcref.igr import (
     _combine,
+    _flat,
+    _pairs,
     gd_penalty_grad_native,
     gd_penalty_native,
     native_gradient,
@@ -201,14 +203,6 @@ def objective_gradient(backend, mlp, params, X, targets, loss, penalties):
     return grads
 
 
-def _to_flat(pairs):
-    return tuple(a for pair in pairs for a in pair)
-
-
-def _to_pairs(flat):
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
 def _step_function(backend, mlp, loss, penalties, lr):
     """``step(flat_params, X, targets) -> flat`` new params (``lr`` given) or gradient.
 
@@ -216,11 +210,11 @@ def _step_function(backend, mlp, loss, penalties, lr):
     """
 
     def step(flat, X, targets):
-        params = _to_pairs(flat)
+        params = _pairs(flat)
         grads = objective_gradient(backend, mlp, params, X, targets, loss, penalties)
         if lr is None:
-            return _to_flat(grads)
-        return _to_flat(_combine(1.0, params, -lr, grads))
+            return _flat(grads)
+        return _flat(_combine(1.0, params, -lr, grads))
 
     if backend.name == "jax":
         import jax
@@ -397,7 +391,7 @@ def train(mlp, params, X, y, loss, *, steps, lr=None, optimizer=None, batch_size
     record(0, current)
     with c:
         step_fn = _step_function(c.backend, mlp, c.loss, penalties, lr)
-        flat = _to_flat(c.nparams)
+        flat = _flat(c.nparams)
         batches = []
         for step in range(1, steps + 1):
             if batch_size is None:
@@ -409,16 +403,16 @@ def train(mlp, params, X, y, loss, *, steps, lr=None, optimizer=None, batch_size
                 Xb, tb = c.native(c.X[idx]), c.native(c.targets[idx])
             out = step_fn(flat, Xb, tb)
             if lr is None:
-                grads = tuple(tuple(pair) for pair in c.numpy(_to_pairs(out)))
+                grads = tuple(tuple(pair) for pair in c.numpy(_pairs(out)))
                 current = tuple(optimizer.update(mlp, current, grads, step))
-                flat = _to_flat(c.native_params(current))
+                flat = _flat(c.native_params(current))
             else:
                 flat = out
             if (record_every is not None and step % record_every == 0) or step == steps:
                 if lr is not None:
-                    current = tuple(tuple(pair) for pair in c.numpy(_to_pairs(flat)))
+                    current = tuple(tuple(pair) for pair in c.numpy(_pairs(flat)))
                 if history["step"][-1] != step:
                     record(step, current)
         if lr is not None:
-            current = tuple(tuple(pair) for pair in c.numpy(_to_pairs(flat)))
+            current = tuple(tuple(pair) for pair in c.numpy(_pairs(flat)))
     return TrainResult(current, {key: np.asarray(value) for key, value in history.items()})

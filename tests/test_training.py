@@ -38,6 +38,10 @@ def _flat(params):
     return gcref.flatten_params(params)
 
 
+def _scaled(pairs, factor):
+    return tuple((factor * W, factor * b) for W, b in pairs)
+
+
 # -- the numpy reference ----------------------------------------------------------
 def test_plain_gd_is_the_hand_written_loop():
     mlp, params, X, y = _problem()
@@ -84,7 +88,7 @@ def test_numpy_penalty_gradients_match_central_differences(problem, which):
             if len(s) > 1 and s[0] - s[1] < 1e-3 * s[0]:
                 return
     check_vjp(lambda p: penalty.value(be, mlp, list(p), X, targets, loss), params,
-              lambda u: tuple((float(np.ravel(u)[0]) * A, float(np.ravel(u)[0]) * a) for A, a in grad),
+              lambda u: _scaled(grad, float(np.ravel(u)[0])),
               np.random.default_rng(0))
 
 
@@ -144,7 +148,7 @@ def test_gc_penalty_is_autodiff_only_and_the_autodiff_backends_agree(autodiff_ba
                 penalties=[GCPenalty(0.1)])
     grad = tuple((W - W1, b - b1) for (W, b), (W1, b1) in zip(params, one.params))
     check_vjp(lambda p: gcref.mean_loss(mlp, p, X, y, "squared") + 0.1 * geometric_complexity(mlp, p, X),
-              params, lambda u: tuple((float(np.ravel(u)[0]) * A, float(np.ravel(u)[0]) * a) for A, a in grad),
+              params, lambda u: _scaled(grad, float(np.ravel(u)[0])),
               np.random.default_rng(0))
 
 
