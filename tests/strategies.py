@@ -63,13 +63,45 @@ def mlps(draw, max_depth=4, max_width=8, max_inputs=6, max_outputs=4, min_output
     return gcref.MLP((d, *hidden, k), activation=draw(activations(activation_names)))
 
 
+#: Layer sizes that together span depth 1-4, widths 1-8, d 1-6 and k 1-4. The ``jax``
+#: backend compiles each primitive once per shape (seconds), so its properties draw
+#: architectures from this set and vary everything else: values, activations, scales.
+REPRESENTATIVE_SIZES = (
+    (1, 1),
+    (6, 4),
+    (3, 8, 2),
+    (2, 1, 3),
+    (4, 5, 3, 1),
+    (1, 8, 2, 7, 2),
+    (5, 3, 6, 4, 4),
+)
+REPRESENTATIVE_BATCH = 4
+
+
 @st.composite
-def problems(draw, max_examples=5, min_outputs=1, max_outputs=4, **mlp_kwargs):
-    """A ``Problem``: random MLP, parameters at a drawn scale, biases drawn, a batch."""
-    mlp = draw(mlps(min_outputs=min_outputs, max_outputs=max_outputs, **mlp_kwargs))
+def problems(draw, max_examples=5, min_outputs=1, max_outputs=4, fixed_shapes=False, **mlp_kwargs):
+    """A ``Problem``: random MLP, parameters at a drawn scale, biases drawn, a batch.
+
+    With ``fixed_shapes`` the architecture comes from ``REPRESENTATIVE_SIZES`` (restricted
+    to ``min_outputs..max_outputs`` outputs) and the batch has ``REPRESENTATIVE_BATCH``
+    examples, so that compiled backends reuse their compilations.
+    """
+    if fixed_shapes:
+        choices = [s for s in REPRESENTATIVE_SIZES if min_outputs <= s[-1] <= max_outputs]
+        sizes = draw(st.sampled_from(choices))
+        names = mlp_kwargs.get("activation_names", ACTIVATION_NAMES)
+        mlp = gcref.MLP(sizes, activation=draw(st.sampled_from(names)))
+        n = REPRESENTATIVE_BATCH
+    else:
+        mlp = draw(mlps(min_outputs=min_outputs, max_outputs=max_outputs, **mlp_kwargs))
+        n = draw(st.integers(1, max_examples))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from(PARAMETER_SCALES))
     params = mlp.init(rng, scheme="lecun_normal", scale=scale, bias="normal")
-    n = draw(st.integers(1, max_examples))
     X = rng.normal(size=(n, mlp.input_dim))
     return Problem(mlp, params, X, rng)
+
+
+def problems_for(backend, **kwargs):
+    """``problems`` suited to ``backend``: fixed shapes for ``jax``, free shapes otherwise."""
+    return problems(fixed_shapes=(backend == "jax"), **kwargs)

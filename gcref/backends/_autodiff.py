@@ -91,10 +91,7 @@ class AutodiffBackend(Backend):
     def param_jacobian(self, mlp, params, X):
         n = X.shape[0]
         dtype = self._dtype(X)
-        copies = tuple(
-            self.asarray(np.broadcast_to(self.to_numpy(a), (n, *a.shape)).copy())
-            for a in _flat(params)
-        )
+        copies = tuple(self.stack([a] * n, 0) for a in _flat(params))
 
         def output(*flat):
             h = X
