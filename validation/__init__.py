@@ -17,6 +17,12 @@ EXPERIMENT_NAMES = (
     "min_norm",
     "backward_error",
     "transfer",
+    "lr_sweep",
+    "batch_size",
+    "path_sgd",
+    "regularizers",
+    "width_no_overfit",
+    "arc_length",
 )
 
 

@@ -89,8 +89,8 @@ def run(settings, seed, out_dir, progress):
     axes[2].semilogy(epochs, history["grad_sq"], "s-", ms=3,
                      label=r"mean $\|\nabla_\theta f\|_F^2$")
     axes[2].semilogy(epochs, history["loss"], "k:", label="training loss")
-    axes[2].set_title(f"Digits MLP {settings['hidden']}, final test accuracy "
-                      f"{history['test_accuracy'][-1]:.3f}")
+    axes[2].set_title(f"GC, parameter gradients and loss (test accuracy "
+                      f"{history['test_accuracy'][-1]:.3f})")
     axes[2].set_xlabel("epoch")
     axes[2].legend(fontsize=8)
     figure = save_figure(fig, out_dir, "transfer.png")
