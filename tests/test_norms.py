@@ -35,7 +35,7 @@ HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 EXPONENTS = (0.5, 1.0, 1.5, 2.0, 3.0)
 # A few fixed architectures: eager JAX compiles each operation once per shape, so reusing
 # shapes keeps the cross-backend properties fast while the values vary per example.
-FIXED_SIZES = ((2, 3, 1), (3, 2, 2), (2, 3, 2, 1))
+FIXED_SIZES = ((3, 2, 2), (2, 3, 2, 1))
 # The backend fixtures hold a backend's name, which no example can change.
 with_backend_fixture = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -255,7 +255,7 @@ def numpy_norms(mlp, params, p):
 
 
 @with_backend_fixture
-@given(fixed_shape_problems(), st.sampled_from((1.0, 2.0, 3.0)))
+@given(fixed_shape_problems(), st.sampled_from((1.0, 3.0)))
 def test_norms_agree_across_backends(backend, problem, p):
     mlp, params, _ = problem
     expected = numpy_norms(mlp, params, p)
@@ -314,4 +314,5 @@ def test_native_norm_gradients_match_finite_differences(autodiff_backend, seed, 
             grads = backend.vjp(fn, tuple(backend.asarray(a) for a in flat), backend.asarray(u))
             return tuple(backend.to_numpy(g) for g in grads)
 
-    check_vjp(lambda arrays: numpy_norms(GRADIENT_MLP, pairs(arrays), p), flat, vjp, rng)
+    # One random probe pair per example: the examples themselves supply the repetitions.
+    check_vjp(lambda arrays: numpy_norms(GRADIENT_MLP, pairs(arrays), p), flat, vjp, rng, n_probes=1)
