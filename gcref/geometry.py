@@ -236,8 +236,9 @@ def arc_length(mlp, params, X=None, *, interval=None, method="auto", rtol=None,
     Adaptive method: G7-K15 Gauss-Kronrod on every subinterval, all subintervals of a
     round in one batch; the error estimate ``|K15 - G7|`` (plus a rounding term) is
     conservative for smooth integrands, but not at a kink that falls between the outermost
-    node and the end of a subinterval: for piecewise-linear networks use ``exact``. Subintervals whose error exceeds their share of
-    the tolerance, in proportion to their width, are bisected.
+    node and the end of a subinterval: for piecewise-linear networks use ``exact``.
+    Subintervals whose error exceeds their share of the tolerance, in proportion to their
+    width, are bisected.
     """
     a, b = _interval(mlp, params, X, interval)
     dtype = mlp.check_params(params)[0][0].dtype
@@ -456,7 +457,8 @@ def _linear_pieces(mlp, params, a, b, backend):
     # (a unit whose kink is masked downstream) do not count.
     rtol = tolerance(dtype)[0]
     change = np.linalg.norm(jac[1:] - jac[:-1], axis=1)
-    scale = np.maximum(1.0, np.maximum(np.linalg.norm(jac[1:], axis=1), np.linalg.norm(jac[:-1], axis=1)))
+    norms = np.linalg.norm(jac, axis=1)
+    scale = np.maximum(1.0, np.maximum(norms[1:], norms[:-1]))
     keep = change > rtol * scale
     return _Pieces(
         widths=np.diff(t).astype(np.float64),
@@ -628,7 +630,9 @@ def _check_points(X):
     X = check_float_array(X, "X", ndim=2)
     n, d = X.shape
     if d < 1 or n < d + 1:
-        raise ValueError(f"X must hold at least d + 1 = {d + 1} points in {d} dimensions; got shape {X.shape}")
+        raise ValueError(
+            f"X must hold at least d + 1 = {d + 1} points in {d} dimensions; got shape {X.shape}"
+        )
     if d == 1 and X.min() == X.max():
         raise ValueError("X spans a single point: its hull has no length")
     return X
@@ -643,7 +647,7 @@ def _qhull(X, kind):
         ) from err
     try:
         return getattr(spatial, kind)(X.astype(np.float64))
-    except spatial.QhullError as err:
+    except RuntimeError as err:  # scipy.spatial.QhullError, a RuntimeError in every SciPy
         raise ValueError(
             f"the points of X do not span a {X.shape[1]}-dimensional hull "
             "(they lie in a lower-dimensional affine subspace, or are too few)"

@@ -32,4 +32,5 @@ def _arc_length_tanh(problem, backend):
     # A tolerance far below the comparison tolerance, so that a subdivision decided
     # differently by rounding in another backend cannot show up in the comparison.
     mlp, params = _one_input_network(problem, "tanh")
-    return arc_length(mlp, params, interval=_INTERVAL, method="adaptive", rtol=1e-12, backend=backend).value
+    result = arc_length(mlp, params, interval=_INTERVAL, method="adaptive", rtol=1e-12, backend=backend)
+    return result.value
