@@ -167,7 +167,6 @@ def test_nmgd_reaches_the_minimum_norm_solution_and_gd_does_not():
 
     quarter = minimize(mlp, start, X, Y, "squared", optimizer, 5000)
     params = quarter
-    (W, b), = params
     for step in range(5001, 20001):
         (W, b), = params
         residual = X @ W.T + b - Y
