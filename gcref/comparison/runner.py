@@ -263,7 +263,7 @@ def compare(problem, backends=None, tol=None, quantities=None, repeats=1):
     dtype = np.dtype(problem.params[0][0].dtype)
     tol = tolerance(dtype)[0] if tol is None else check_finite_scalar(tol, "tol", positive=True)
     repeats = check_positive_int(repeats, "repeats")
-    names = [REFERENCE] + [b for b in (backends or gcref.available_backends()) if b != REFERENCE]
+    names = list(dict.fromkeys([REFERENCE, *(backends or gcref.available_backends())]))
     for name in names:
         # Instantiating first raises early for a bad name and keeps each framework's
         # import time out of the first row's timing.
