@@ -29,8 +29,10 @@ Backends
   traced once per batch shape inside ``jax.enable_x64`` when the parameters are float64.
 - ``"torch"``: eager. ``torch.compile`` is not used: the step differentiates through
   ``torch.autograd.grad(..., create_graph=True)`` (Hessian-vector products, the
-  per-example norm identity, GC), which TorchDynamo does not trace (graph breaks, so
-  it would compile nothing while paying its start-up cost).
+  per-example norm identity, GC). In torch 2.13 TorchDynamo breaks the graph at every
+  ``torch.autograd.grad`` (``trace_autograd_ops=False``), so nothing worth compiling is
+  left, and a compiled double-backward step even fails at run time ("the differentiated
+  Tensor appears to not have been used in the graph").
 - ``"autograd"`` and ``"numpy"``: eager.
 
 Optimisers
