@@ -221,6 +221,17 @@ def test_bad_options_exit_non_zero_with_a_clear_message(options, mentions):
     assert "Traceback" not in stderr + stdout
 
 
+def test_uninstalled_backend_says_how_to_install(monkeypatch):
+    import gcref.backends as backends
+
+    module, cls, _, extra = backends._BACKENDS["torch"]
+    monkeypatch.setitem(backends._BACKENDS, "torch", (module, cls, "gcref_no_such_framework", extra))
+    monkeypatch.delitem(backends._INSTANCES, "torch", raising=False)
+    status, stdout, stderr = run_main(["compare", "--backends", "torch"])
+    assert status != 0 and "pip install 'gcref[torch]'" in stderr
+    assert "Traceback" not in stderr + stdout
+
+
 def test_help_exits_zero():
     for argv in (["--help"], ["compare", "--help"]):
         status, stdout, _ = run_main(argv)
