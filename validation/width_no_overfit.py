@@ -79,7 +79,8 @@ def run(settings, seed, out_dir, progress):
     axes[0].legend()
     axes[1].errorbar(widths, norms.mean(axis=1), yerr=sem(norms), marker="o", capsize=3,
                      color="C2", label=r"$\ell_2$ path norm")
-    axes[1].plot(widths, [65 * h + 11 * h + 10 for h in widths], "k:", label="number of parameters")
+    axes[1].plot(widths, [gcref.MLP([X.shape[1], h, 10]).n_params for h in widths], "k:",
+                 label="number of parameters")
     axes[1].set_xscale("log", base=2)
     axes[1].set_yscale("log")
     axes[1].set_title("Size grows linearly in H; the path norm need not")
