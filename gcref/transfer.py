@@ -69,7 +69,8 @@ class TransferTerms:
         ``A_i = 0`` (then ``J = 0``). Each is at most ``||grad_{(W_i, b_i)} f||_F^2``.
     ratio : ndarray, shape (N,)
         ``||J||_F^2 sum_i T_i^2 / ||grad_theta f||_F^2`` in [0, 1]; 0 where
-        ``grad_theta f = 0``.
+        ``||grad_theta f||_F^2`` is 0 or below the smallest normal number of the
+        model's dtype (a subnormal quotient has no relative accuracy).
     """
 
     norm: str
@@ -152,6 +153,7 @@ def transfer_terms(
         J = _float64(c.numpy(b.input_jacobian(mlp, c.nparams, c.nX)))
         weight_sq, bias_sq = b.param_grad_sq_norms(mlp, c.nparams, c.nX)
         layer_grad_sq = _float64(c.numpy(weight_sq)) + _float64(c.numpy(bias_sq))
+        smallest_normal = np.finfo(c.dtype).tiny
 
     def matrix_norms(M):
         if norm == "frobenius":
@@ -180,14 +182,17 @@ def transfer_terms(
         lemma_rhs=A**2 * layer_grad_sq,
         inv_T_sq=A**2 / one_plus_h_sq,
         layer_terms=layer_terms,
-        ratio=_safe_divide(layer_terms.sum(axis=1), grad_sq, fill=0.0),
+        ratio=_safe_divide(
+            layer_terms.sum(axis=1), np.where(grad_sq >= smallest_normal, grad_sq, 0.0), fill=0.0
+        ),
     )
 
 
 def transfer_ratio(mlp, params, X, *, backend="numpy", norm="spectral"):
     """``||J||_F^2 sum_i T_i^2 / ||grad_theta f||_F^2`` per example, shape (N,), in [0, 1].
 
-    See :func:`transfer_terms` (MATH.md section 3); 0 where ``grad_theta f(x) = 0``.
+    See :func:`transfer_terms` (MATH.md section 3); 0 where ``grad_theta f(x)`` is 0
+    (or so small that its squared norm is subnormal).
     """
     return transfer_terms(mlp, params, X, backend=backend, norm=norm).ratio
 
