@@ -221,10 +221,13 @@ def spectral_norms(M, *, svd_max_dim=64, tol=1e-12, max_iter=10_000):
     Power iteration on ``M^T M``, vectorised over the stack: ``u = M v``,
     ``lam = ||u||^2`` (the Rayleigh quotient, a lower bound of ``||M||_2^2`` that increases
     with the iterations), ``v <- M^T u / ||M^T u||``. The increments ``delta_k`` of ``lam``
-    shrink geometrically with ratio ``q``; the remaining increase is about
-    ``delta_k q / (1 - q)``, with ``q = delta_k / delta_{k-1}``, so the test is
-    ``delta_k^2 <= tol lam (delta_{k-1} - delta_k)`` (no division). The starting vectors
-    are fixed pseudo-random vectors, so the result is reproducible.
+    shrink geometrically with a ratio ``q``, estimated as the larger of the last two
+    ratios ``delta_k / delta_{k-1}``; iteration stops when the extrapolated remaining
+    increase ``delta_k q / (1 - q)`` is at most ``tol lam``, so that the relative error
+    of the norm is about ``tol / 2``. Two singular values closer than that cannot be told
+    apart, and a top singular value within a relative gap ``g`` of the next one may be
+    underestimated by up to about ``g``: use the SVD for such matrices. The starting
+    vectors are fixed pseudo-random vectors, so the result is reproducible.
     """
     M = _float64(np.asarray(M))
     if M.ndim < 2:
@@ -246,18 +249,24 @@ def _power_iteration(M, tol, max_iter):
     rng = np.random.default_rng(_POWER_ITERATION_SEED)
     v = rng.standard_normal(M.shape[::2])
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    lam = np.zeros(M.shape[0])
-    delta = None
+    lam, deltas = None, []
     done = np.zeros(M.shape[0], dtype=bool)
     rounding = 8 * np.finfo(np.float64).eps
     for _ in range(max_iter):
         u = np.einsum("bmn,bn->bm", M, v)
         new_lam = np.einsum("bm,bm->b", u, u)
-        new_delta = np.abs(new_lam - lam)
-        done |= new_delta <= rounding * new_lam
-        if delta is not None:
-            done |= new_delta * new_delta <= tol * new_lam * (delta - new_delta)
-        lam, delta = new_lam, new_delta
+        if lam is not None:
+            deltas = [*deltas[-2:], np.abs(new_lam - lam)]
+            done |= deltas[-1] <= rounding * new_lam
+        if len(deltas) == 3:
+            # The larger of the last two contraction ratios: a transient (the first
+            # step, components that die out fast) makes a single ratio too optimistic.
+            q = np.maximum(
+                _safe_divide(deltas[2], deltas[1], fill=1.0),
+                _safe_divide(deltas[1], deltas[0], fill=1.0),
+            )
+            done |= deltas[2] * q <= tol * new_lam * (1.0 - q)
+        lam = new_lam
         if np.all(done):
             return np.sqrt(lam)
         w = np.einsum("bmn,bm->bn", M, u)
