@@ -57,6 +57,7 @@ def as_vector(params):
 
 
 def as_params(vector):
+    """Inverse of :func:`as_vector`."""
     return ((vector[None, 1:].copy(), vector[:1].copy()),)
 
 
@@ -83,8 +84,8 @@ class Tracker:
             "norm": float(np.linalg.norm(w)),
         })
 
-    def column(self, key, phase=None):
-        return np.array([r[key] for r in self.rows if phase is None or r["phase"] == phase])
+    def column(self, key):
+        return np.array([r[key] for r in self.rows])
 
 
 def descend(tracker, optimizer, params, n_steps, phase, progress):
@@ -102,7 +103,10 @@ def descend(tracker, optimizer, params, n_steps, phase, progress):
 def run(settings, seed, out_dir, progress):
     rng = np.random.default_rng(seed)
     degree, n_train = settings["degree"], settings["n_train"]
-    target = lambda x: np.sin(2 * np.pi * settings["frequency"] * x)  # noqa: E731
+
+    def target(x):
+        return np.sin(2 * np.pi * settings["frequency"] * x)
+
     x = np.cos(np.pi * (2 * np.arange(n_train) + 1) / (2 * n_train))
     x_test = np.sort(rng.uniform(-1, 1, settings["n_test"]))
     A, A_test = features(x, degree), features(x_test, degree)

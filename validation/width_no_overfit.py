@@ -35,6 +35,13 @@ FIT_THRESHOLD = 0.01
 SLACK = 0.01
 
 
+def standard_error(table):
+    """Standard error of the mean over the seeds (columns); zero with one seed."""
+    if table.shape[1] < 2:
+        return np.zeros(table.shape[0])
+    return table.std(axis=1, ddof=1) / np.sqrt(table.shape[1])
+
+
 def run(settings, seed, out_dir, progress):
     data_rng = np.random.default_rng(seed)
     X, labels, X_test, labels_test = digits(data_rng)
@@ -67,17 +74,16 @@ def run(settings, seed, out_dir, progress):
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    sem = lambda t: t.std(axis=1, ddof=1) / np.sqrt(t.shape[1]) if t.shape[1] > 1 else 0 * t[:, 0]  # noqa: E731
-    axes[0].errorbar(widths, mean_train, yerr=sem(train_error), marker="o", capsize=3,
+    axes[0].errorbar(widths, mean_train, yerr=standard_error(train_error), marker="o", capsize=3,
                      label="training error")
-    axes[0].errorbar(widths, mean_test, yerr=sem(test_error), marker="s", capsize=3,
+    axes[0].errorbar(widths, mean_test, yerr=standard_error(test_error), marker="s", capsize=3,
                      label="test error")
     axes[0].set_xscale("log", base=2)
     axes[0].set_title(f"One hidden ReLU layer on digits, SGD {settings['epochs']} epochs")
     axes[0].set_xlabel("hidden units H")
     axes[0].set_ylabel("error")
     axes[0].legend()
-    axes[1].errorbar(widths, norms.mean(axis=1), yerr=sem(norms), marker="o", capsize=3,
+    axes[1].errorbar(widths, norms.mean(axis=1), yerr=standard_error(norms), marker="o", capsize=3,
                      color="C2", label=r"$\ell_2$ path norm")
     axes[1].plot(widths, [gcref.MLP([X.shape[1], h, 10]).n_params for h in widths], "k:",
                  label="number of parameters")
