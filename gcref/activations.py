@@ -80,8 +80,9 @@ def _softplus(x, xp):
 
 
 def _sigmoid_d1(x):
-    s = sigmoid(x)
-    return s * (1.0 - s)
+    # e / (1 + e)^2 with e = exp(-|x|) keeps full relative accuracy where s (1 - s) cancels.
+    e = np.exp(-np.abs(x))
+    return e / (1.0 + e) ** 2
 
 
 def _sigmoid_d2(x):
@@ -90,7 +91,9 @@ def _sigmoid_d2(x):
 
 
 def _tanh_d1(x):
-    return 1.0 - np.tanh(x) ** 2
+    # 4 e / (1 + e)^2 with e = exp(-2|x|) equals 1 - tanh(x)^2 without its cancellation.
+    e = np.exp(-2.0 * np.abs(x))
+    return 4.0 * e / (1.0 + e) ** 2
 
 
 def _tanh_d2(x):

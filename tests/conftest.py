@@ -15,7 +15,15 @@ from hypothesis import HealthCheck, settings
 
 import gcref
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        # The backend fixtures only name a backend: nothing to reset between examples.
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 settings.register_profile("dev", max_examples=25, **_COMMON)
 settings.register_profile("ci", max_examples=200, print_blob=True, **_COMMON)
 settings.register_profile("thorough", max_examples=10_000, **_COMMON)

@@ -14,6 +14,13 @@ import numpy as np
 from gcref.backends._autodiff import AutodiffBackend
 
 
+def _differentiable_leaf(x):
+    # A tensor that already requires grad is kept as it is, so that an outer
+    # differentiation (of ||grad L||^2, say) still sees its dependence on x; detaching
+    # it would turn that outer gradient into a silent zero.
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
 class TorchBackend(AutodiffBackend):
     """MLP primitives through ``torch.autograd.grad`` (double backward for Hessian-vector products)."""
 
@@ -52,13 +59,13 @@ class TorchBackend(AutodiffBackend):
 
     def vjp(self, fn, inputs, cotangent):
         differentiable = self._torch.is_grad_enabled()
-        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        inputs = [_differentiable_leaf(x) for x in inputs]
         with self._torch.enable_grad():
             out = fn(*inputs)
             return self._grad(out, inputs, grad_outputs=cotangent, create_graph=differentiable)
 
     def hvp(self, fn, inputs, tangents):
-        inputs = [x.detach().requires_grad_(True) for x in inputs]
+        inputs = [_differentiable_leaf(x) for x in inputs]
         with self._torch.enable_grad():
             grads = self._grad(fn(*inputs), inputs, create_graph=True)
             directional = sum((g * t).sum() for g, t in zip(grads, tangents))
