@@ -25,6 +25,7 @@ Every backend differentiates ``fn`` itself; the property tests check that ``d1``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -128,12 +129,21 @@ softplus = Activation("softplus", _softplus, d1=sigmoid, d2=_sigmoid_d1)
 
 
 def leaky_relu(slope=0.01):
-    """Leaky ReLU ``x if x > 0 else slope * x``; ``slope`` must be finite and >= 0."""
+    """Leaky ReLU ``x if x > 0 else slope * x``; ``slope`` must be finite and >= 0.
+
+    Equal slopes give the same ``Activation`` object, so equal MLP descriptions compare
+    equal (and compiled backends reuse their compilations).
+    """
     if isinstance(slope, bool) or not isinstance(slope, (int, float, np.floating)):
         raise TypeError(f"slope must be a real number; got {type(slope).__name__}")
     slope = float(slope)
     if not np.isfinite(slope) or slope < 0:
         raise ValueError(f"slope must be finite and >= 0; got {slope}")
+    return _leaky_relu(slope)
+
+
+@functools.lru_cache(maxsize=None)
+def _leaky_relu(slope):
     name = "leaky_relu" if slope == 0.01 else f"leaky_relu({slope:g})"
     return Activation(
         name,

@@ -151,6 +151,9 @@ def test_equal_descriptions_are_equal_and_hash_alike():
     assert a != gcref.MLP((3, 5, 2), "relu")
     assert a != gcref.MLP((3, 6, 2), "tanh")
     assert a != gcref.MLP((3, 5, 2), "tanh", output_activation="sigmoid")
+    leaky = gcref.MLP((3, 5, 2), gcref.leaky_relu(0.5))
+    assert leaky == gcref.MLP((3, 5, 2), gcref.leaky_relu(0.5))
+    assert leaky != gcref.MLP((3, 5, 2), gcref.leaky_relu(0.25))
 
 
 # --------------------------------------------------------------------------- shared problem

@@ -42,15 +42,36 @@ class NumpyBackend(Backend):
         return [mlp.layer_activation(i).d1(z) for i, z in enumerate(zs)]
 
     def sensitivities(self, mlp, params, X):
+        return self._sensitivities(mlp, params, self.forward(mlp, params, X))
+
+    def _sensitivities(self, mlp, params, fwd):
         # Delta_l = diag(a_l'(z_l)); Delta_i = (Delta_{i+1} W_{i+1}) diag(a_i'(z_i)).
-        zs = self.forward(mlp, params, X).zs
-        slopes = self._slopes(mlp, zs)
+        slopes = self._slopes(mlp, fwd.zs)
         k = mlp.output_dim
-        deltas = [np.eye(k, dtype=X.dtype)[None, :, :] * slopes[-1][:, None, :]]
+        deltas = [np.eye(k, dtype=fwd.zs[-1].dtype)[None, :, :] * slopes[-1][:, None, :]]
         for i in range(mlp.depth - 2, -1, -1):
             W_next = params[i + 1][0]
             deltas.append((deltas[-1] @ W_next) * slopes[i][:, None, :])
         return deltas[::-1]
+
+    @staticmethod
+    def _layer_sq_norms(bias_sq, hs):
+        """``(||.||^2 ||h_i||^2, ||.||^2)`` per example and layer from the bias-part norms."""
+        bias = np.stack(bias_sq, axis=1)
+        h_sq = np.stack([np.einsum("ni,ni->n", h, h) for h in hs[:-1]], axis=1)
+        return bias * h_sq, bias
+
+    def param_grad_sq_norms(self, mlp, params, X):
+        # As the generic version, from one forward pass shared by the sensitivities.
+        fwd = self.forward(mlp, params, X)
+        deltas = self._sensitivities(mlp, params, fwd)
+        return self._layer_sq_norms([np.einsum("nco,nco->n", D, D) for D in deltas], fwd.hs)
+
+    def loss_grad_sq_norms(self, mlp, params, X, targets, loss):
+        # As the generic version, from one forward pass shared by the backward pass.
+        fwd = self.forward(mlp, params, X)
+        gs = self._backward(mlp, params, fwd, loss.residual(fwd.output, targets))[0]
+        return self._layer_sq_norms([np.einsum("no,no->n", g, g) for g in gs], fwd.hs)
 
     def input_jacobian(self, mlp, params, X):
         # J = Delta_1 W_1 (h'_1 = I).
@@ -74,10 +95,10 @@ class NumpyBackend(Backend):
 
     def param_jacobian(self, mlp, params, X):
         # df_c/dW_i = outer(Delta_i[c], h_i), df_c/db_i = Delta_i[c] (MATH.md section 1).
-        hs = self.forward(mlp, params, X).hs
-        deltas = self.sensitivities(mlp, params, X)
+        fwd = self.forward(mlp, params, X)
+        deltas = self._sensitivities(mlp, params, fwd)
         return [
-            (np.einsum("nco,ni->ncoi", D, h), D.copy()) for D, h in zip(deltas, hs[:-1])
+            (np.einsum("nco,ni->ncoi", D, h), D.copy()) for D, h in zip(deltas, fwd.hs[:-1])
         ]
 
     def _backward(self, mlp, params, fwd, eps):
@@ -96,7 +117,7 @@ class NumpyBackend(Backend):
     def loss_grad(self, mlp, params, X, targets, loss):
         # dL/dW_i = (1/N) sum_n g_i h_i^T, dL/db_i = (1/N) sum_n g_i.
         fwd = self.forward(mlp, params, X)
-        gs = self.loss_sensitivities(mlp, params, X, targets, loss)
+        gs = self._backward(mlp, params, fwd, loss.residual(fwd.output, targets))[0]
         n = X.shape[0]
         return [(g.T @ h / n, g.sum(axis=0) / n) for g, h in zip(gs, fwd.hs[:-1])]
 
