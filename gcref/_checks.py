@@ -49,7 +49,10 @@ def check_float_array(x, name, *, ndim=None, shape=None, dtype=None, finite=True
     finite : bool
         Reject NaN and infinity.
     """
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as err:
+        raise ValueError(f"{name} must be a rectangular array; {err}") from err
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have a floating dtype (float32 or float64); got {arr.dtype}. "

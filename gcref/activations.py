@@ -134,7 +134,7 @@ def leaky_relu(slope=0.01):
     Equal slopes give the same ``Activation`` object, so equal MLP descriptions compare
     equal (and compiled backends reuse their compilations).
     """
-    if isinstance(slope, bool) or not isinstance(slope, (int, float, np.floating)):
+    if isinstance(slope, bool) or not isinstance(slope, (int, float, np.integer, np.floating)):
         raise TypeError(f"slope must be a real number; got {type(slope).__name__}")
     slope = float(slope)
     if not np.isfinite(slope) or slope < 0:

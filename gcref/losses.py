@@ -124,9 +124,9 @@ class SoftmaxCrossEntropy(Loss):
             if y.shape[0] != n_examples:
                 raise ValueError(f"y must have {n_examples} labels; got shape {y.shape}")
             if y.dtype.kind not in "iu":
-                raise TypeError(f"integer class labels must have an integer dtype; got {y.dtype}")
+                raise TypeError(f"y: integer class labels must have an integer dtype; got {y.dtype}")
             if np.any(y < 0) or np.any(y >= k):
-                raise ValueError(f"labels must lie in [0, {k}); got values in [{y.min()}, {y.max()}]")
+                raise ValueError(f"y: labels must lie in [0, {k}); got values in [{y.min()}, {y.max()}]")
             onehot = np.zeros((n_examples, k), dtype=dtype)
             onehot[np.arange(n_examples), y] = 1
             return onehot
