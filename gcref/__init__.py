@@ -89,6 +89,9 @@ from gcref.training import (
 )
 from gcref.transfer import TransferTerms, spectral_norms, transfer_ratio, transfer_terms
 
+# Measures on users' own models (torch modules, JAX apply functions): gcref.models.*
+from gcref import models, nets  # noqa: E402  (import no framework)
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -28,7 +28,8 @@ def test_listing_backends_imports_no_framework():
 @pytest.mark.parametrize(
     "module",
     ["gcref.complexity", "gcref.transfer", "gcref.igr", "gcref.norms", "gcref.geometry",
-     "gcref.training", "gcref.backward_error", "gcref.optimizers", "gcref.rescaling", "gcref.cli"],
+     "gcref.training", "gcref.backward_error", "gcref.optimizers", "gcref.rescaling", "gcref.cli",
+     "gcref.models", "gcref.nets"],
 )
 def test_feature_modules_import_no_framework(module):
     assert _modules_after(f"import {module}") == []

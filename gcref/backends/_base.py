@@ -157,3 +157,81 @@ class Backend:
         bias = [self.sum_rows(g * g) for g in gs]
         weight = [bsq * self.sum_rows(h * h) for bsq, h in zip(bias, fwd.hs[:-1])]
         return self.stack(weight, 1), self.stack(bias, 1)
+
+
+class ModelAdapter:
+    """A user's own model (a ``torch.nn.Module``, a JAX ``apply`` function) as seen by gcref.
+
+    :mod:`gcref.models` writes every measure once on these per-chunk primitives and does
+    the streaming, the float64 accumulation and the reduction across processes itself.
+    Each primitive receives one chunk: ``X`` an array of any kind (NumPy, the
+    framework's own) of shape ``(n, *input_shape)``, ``targets`` a float64 NumPy array
+    ``(n, k)`` from :meth:`gcref.losses.Loss.prepare_targets`. Adapters convert to their
+    own arrays, on the model's device and in the model's dtype.
+
+    Index conventions: ``n`` examples in the chunk, ``k`` outputs, ``d`` input features
+    (the product of ``input_shape``), ``P`` probes, ``p`` parameters; ``J(x) = df/dx`` of
+    shape ``(k, d)``; ``J_theta(x) = df/dtheta`` of shape ``(k, p)``. Parameters are
+    flattened in one fixed order (:meth:`parameter_vector`).
+
+    Every example must be computed independently of the others in its chunk (a
+    ``BatchNorm`` in training mode couples them): adapters evaluate the model in
+    inference mode.
+    """
+
+    framework = ""
+
+    def outputs(self, X):
+        """``f(X)`` as float64 NumPy, shape ``(n, k)``."""
+        raise NotImplementedError
+
+    def jacobian_sq_norms(self, X, mode):
+        """``||J(x_n)||_F^2`` per example, float64 NumPy ``(n,)``.
+
+        ``mode`` is ``"reverse"`` (k input-only vector-Jacobian products sharing one
+        forward pass, no weight gradient) or ``"forward"`` (d Jacobian-vector products).
+        """
+        raise NotImplementedError
+
+    def probe_sq_norms(self, X, probes):
+        """``||v_{n,p}^T J(x_n)||^2``, float64 NumPy ``(n, P)``, for ``probes`` of shape ``(n, P, k)``."""
+        raise NotImplementedError
+
+    def output_grad_sq_norms(self, X):
+        """``||J_theta(x_n)||_F^2 = sum_o ||grad_theta f_o(x_n)||^2``, float64 NumPy ``(n,)``."""
+        raise NotImplementedError
+
+    def loss_grad_sq_norms(self, X, targets, loss):
+        """Per-example losses and ``||grad_theta l_n||^2``: two float64 NumPy arrays ``(n,)``."""
+        raise NotImplementedError
+
+    def loss_grad_sum(self, X, targets, loss):
+        """``(sum_n l_n, sum_n grad_theta l_n)``: a float and a native float64 vector ``(p,)``."""
+        raise NotImplementedError
+
+    def loss_hvp_sum(self, X, targets, loss, vector):
+        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native float64 ``(p,)``; ``vector`` native float64 ``(p,)``."""
+        raise NotImplementedError
+
+    def parameter_vector(self):
+        """The parameters, flattened in the adapter's fixed order, float64 NumPy ``(p,)``."""
+        raise NotImplementedError
+
+    def to_native_vector(self, vector):
+        """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device."""
+        raise NotImplementedError
+
+    def to_numpy(self, x):
+        """A native array as NumPy (float64 kept)."""
+        raise NotImplementedError
+
+    def all_reduce_sum(self, x):
+        """Sum ``x`` (float64 NumPy, or a native vector) over cooperating processes.
+
+        The identity unless the framework runs several processes (``torch.distributed``).
+        """
+        return x
+
+    def input_features(self, X):
+        """``d``, the number of input features of one example."""
+        return int(np.prod(X.shape[1:]))
