@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -237,3 +239,41 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="igr_h"):
         train(mlp, params, X, y, "squared", steps=1, optimizer=_OptimizerWithoutLr(),
               metrics=("igr",))
+
+
+# -- the compiled torch step ----------------------------------------------------------
+def test_compiled_torch_step_follows_the_eager_step():
+    """The torch.func objective, compiled, is the eager objective (which follows numpy above).
+
+    One compilation holds every penalty (compiling costs 10-25 s on 2 cores); SGD and an
+    optimizer object exercise the gradient-only variant.
+    """
+    if "torch" not in gcref.available_backends():
+        pytest.fail("torch is not installed") if os.environ.get("CI") else pytest.skip("torch")
+    mlp, params, X, y = _problem(loss="logistic")
+    penalties = ANALYTIC_PENALTIES + (GCPenalty(0.1),)
+    results = [
+        train(mlp, params, X, y, "logistic", steps=3, optimizer=_RecordingGD(0.2), batch_size=4,
+              rng=np.random.default_rng(3), backend="torch", compiled=compiled,
+              penalties=penalties)
+        for compiled in (False, True)
+    ]
+    np.testing.assert_allclose(_flat(results[1].params), _flat(results[0].params),
+                               rtol=1e-10, atol=1e-12)
+    assert not np.allclose(_flat(results[1].params), _flat(params))
+
+
+class _CustomPenalty(L2Penalty):
+    """A subclass: its value may differ from L2's, so it must never be compiled as L2."""
+
+
+def test_compiled_is_refused_where_it_cannot_apply():
+    mlp, params, X, y = _problem()
+    with pytest.raises(ValueError, match="compiled=True applies to the torch backend"):
+        train(mlp, params, X, y, "squared", steps=1, lr=0.1, compiled=True)
+    with pytest.raises(TypeError, match="compiled must be"):
+        train(mlp, params, X, y, "squared", steps=1, lr=0.1, compiled="yes")
+    if "torch" in gcref.available_backends():
+        with pytest.raises(ValueError, match="cannot compile the penalty"):
+            train(mlp, params, X, y, "squared", steps=1, lr=0.1, backend="torch",
+                  compiled=True, penalties=[_CustomPenalty(0.1)])
