@@ -22,6 +22,7 @@ EXPERIMENT_NAMES = (
     "path_sgd",
     "regularizers",
     "width_no_overfit",
+    "double_descent",
     "arc_length",
 )
 
