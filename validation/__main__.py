@@ -32,6 +32,12 @@ def main(argv=None):
         "directory per experiment)",
     )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    # An experiment with settings of its own defines add_arguments(group), and
+    # configured(options) -> the module (or a variant of it) those options ask for.
+    for name in experiment_names():
+        module = load(name)
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser.add_argument_group(f"{name} options"))
     args = parser.parse_args(argv)
 
     if args.list:
@@ -49,7 +55,13 @@ def main(argv=None):
             out = os.path.join(args.out or DEFAULT_OUT, name)
         else:
             out = args.out or os.path.join(DEFAULT_OUT, name)
-        result = run_experiment(load(name), out, quick=args.quick, seed=args.seed)
+        module = load(name)
+        if hasattr(module, "configured"):
+            try:
+                module = module.configured(vars(args))
+            except ValueError as exc:
+                parser.error(str(exc))
+        result = run_experiment(module, out, quick=args.quick, seed=args.seed)
         print(f"{name}: {result['verdict']} ({result['runtime_s']} s) -> {out}")
         if result["verdict"] != "held":
             failed.append(name)
