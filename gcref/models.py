@@ -508,7 +508,7 @@ def _minibatches(data, batch_size):
         return [(X[s : s + batch_size], y[s : s + batch_size]) for s in range(0, X.shape[0], batch_size)]
     if batch_size is not None:
         raise TypeError("batch_size must be left out when data is an iterable of mini-batches")
-    return ([b] for b in _batches(data))
+    return ([X] if y is None else [(X, y)] for X, y in _batches(data))
 
 
 def _sq_norm(adapter, vector):

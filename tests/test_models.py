@@ -113,7 +113,8 @@ def loss_fits(loss, k):
 def labelled_problems(draw, max_examples=9):
     """A ``Problem`` with N in 1..max_examples, a loss that suits its k, and its labels."""
     problem = draw(problems(max_examples=max_examples))
-    loss = draw(st.sampled_from([name for name in LOSSES if loss_fits(name, problem.mlp.output_dim)]))
+    k = problem.mlp.output_dim
+    loss = draw(st.sampled_from([name for name in LOSSES if loss_fits(name, k)]))
     return problem, loss, problem.targets(loss)
 
 
@@ -128,7 +129,7 @@ def split(array, cuts):
 
 
 def close(actual, expected, rtol=RTOL, scale=None):
-    """``actual == expected`` to ``rtol`` relative to ``scale`` (the largest entry of ``expected``)."""
+    """``actual == expected`` to ``rtol`` relative to ``scale`` (default: max of ``|expected|``)."""
     expected = np.asarray(expected, dtype=np.float64)
     if scale is None:
         scale = np.max(np.abs(expected), initial=0.0)
@@ -197,7 +198,9 @@ def test_igr_terms_equal_the_modified_losses(drawn, chunk_size, data):
     h = data.draw(st.sampled_from((1e-3, 0.1, 1.0, 7.5)), label="h")
     partition = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
-    terms = models.igr_terms(adapter(problem), (X, y), loss, batch_size=batch_size, chunk_size=chunk_size)
+    terms = models.igr_terms(
+        adapter(problem), (X, y), loss, batch_size=batch_size, chunk_size=chunk_size
+    )
     assert (terms.n_examples, terms.n_batches) == (n, len(partition))
     close(terms.loss, gcref.mean_loss(mlp, params, X, y, loss))
     close(terms.modified_loss_gd(h), gcref.modified_loss_gd(mlp, params, X, y, loss, h))
@@ -215,6 +218,10 @@ def test_igr_terms_equal_the_modified_losses(drawn, chunk_size, data):
 
 
 # -- streaming ------------------------------------------------------------------------------
+#: The forms of :func:`forms_of` that carry labels.
+LABELLED = ("pair", "list of pairs", "list of lists", "generator of pairs")
+
+
 def forms_of(X, y, cuts):
     """The same data set as an array or pair, a list of uneven batches, a generator."""
     Xs, ys = split(X, cuts), split(y, cuts)
@@ -244,21 +251,21 @@ def test_streaming_gives_the_same_values(drawn, data):
     # The reference values above use the default chunk of 256 (one chunk); each form is
     # read again in chunks of a drawn size.
     chunk_size = data.draw(st.sampled_from(CHUNK_SIZES[:-1]), label="chunk_size")
-    for name, form in forms_of(X, y, cuts).items():
+    for form in forms_of(X, y, cuts).values():
         got = models.geometric_complexity(model, form, chunk_size=chunk_size, per_example=True)
         close(got.value, gc.value)
         close(got.per_example, gc.per_example)
-    for name, form in forms_of(X, y, cuts).items():
+    for form in forms_of(X, y, cuts).values():
         got = models.estimate_geometric_complexity(
             model, form, np.random.default_rng(seed), n_probes=2, chunk_size=chunk_size
         )
         close([got.value, got.stderr], [est.value, est.stderr], scale=est.value)
-    for name, form in forms_of(X, y, cuts).items():
-        if "pair" in name or "lists" in name:
-            close(models.loss_grad_sq_norms(model, form, loss, chunk_size=chunk_size), grad_sq)
-    for name, form in forms_of(X, y, cuts).items():
-        if "pair" in name or "lists" in name:
-            close(models.loss_hvp(model, form, loss, v, chunk_size=chunk_size), hv)
+    for name in LABELLED:
+        form = forms_of(X, y, cuts)[name]
+        close(models.loss_grad_sq_norms(model, form, loss, chunk_size=chunk_size), grad_sq)
+    for name in LABELLED:
+        form = forms_of(X, y, cuts)[name]
+        close(models.loss_hvp(model, form, loss, v, chunk_size=chunk_size), hv)
 
 
 @given(labelled_problems(), st.data())
@@ -269,10 +276,14 @@ def test_sgd_term_depends_on_the_batches_not_the_chunks(drawn, data):
     cuts = data.draw(cut_points(X.shape[0]), label="cuts")
     Xs, ys = split(X, cuts), split(y, cuts)
     # Brute force: the mean over the batches of the squared norm of each batch's mean gradient.
-    batch_grads = [gcref.flatten_params(gcref.loss_grad(mlp, params, a, b, loss)) for a, b in zip(Xs, ys)]
+    batch_grads = [
+        gcref.flatten_params(gcref.loss_grad(mlp, params, a, b, loss)) for a, b in zip(Xs, ys)
+    ]
     mini_batch = np.mean([g @ g for g in batch_grads])
     whole = models.igr_terms(model, (X, y), loss, batch_size=X.shape[0])
-    chunk_sizes = data.draw(st.lists(st.sampled_from(CHUNK_SIZES), min_size=3, max_size=3), label="chunk sizes")
+    chunk_sizes = data.draw(
+        st.lists(st.sampled_from(CHUNK_SIZES), min_size=3, max_size=3), label="chunk sizes"
+    )
     forms = (list(zip(Xs, ys)), [[a, b] for a, b in zip(Xs, ys)], ((a, b) for a, b in zip(Xs, ys)))
     for chunk_size, form in zip(chunk_sizes, forms):
         terms = models.igr_terms(model, form, loss, chunk_size=chunk_size)
@@ -347,7 +358,9 @@ def all_measures(model, data, vector):
     return {
         "geometric_complexity": lambda: models.geometric_complexity(model, data),
         "dirichlet_energy": lambda: models.dirichlet_energy(model, data),
-        "estimate": lambda: models.estimate_geometric_complexity(model, data, np.random.default_rng(0)),
+        "estimate": lambda: models.estimate_geometric_complexity(
+            model, data, np.random.default_rng(0)
+        ),
         "output_grad_sq_norms": lambda: models.output_grad_sq_norms(model, data),
         "loss_grad_sq_norms": lambda: models.loss_grad_sq_norms(model, data, "squared"),
         "igr_terms": lambda: models.igr_terms(model, data, "squared"),
@@ -360,7 +373,7 @@ def test_empty_data_is_refused(small):
     model, X = adapter(problem), problem.X
     v = models.parameter_vector(model)
     for data in ([], iter([]), [(X[:0], y[:0])]):
-        for name, call in all_measures(model, data, v).items():
+        for call in all_measures(model, data, v).values():
             with pytest.raises(ValueError, match="no example"):
                 call()
     for name, call in all_measures(model, X[:0], v).items():
@@ -371,6 +384,8 @@ def test_empty_data_is_refused(small):
         models.igr_terms(model, (X[:0], y[:0]), "squared", batch_size=2)
     with pytest.raises(ValueError, match="no example"):
         models.loss_hvp(model, (X[:0], y[:0]), "squared", v)
+    with pytest.raises(ValueError, match="no example"):
+        models.loss_grad_sq_norms(model, (X[:0], y[:0]), "squared")
 
 
 def test_labels_are_required_where_a_loss_is(small):
@@ -386,12 +401,6 @@ def test_labels_are_required_where_a_loss_is(small):
         models.igr_terms(model, X, "squared")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gcref.models._minibatches wraps an unlabelled batch (X, None) as [(X, None)], "
-    "which _pair then refuses as 'data batch 0 must be a pair (X, y) of arrays; got 2 "
-    "items' instead of saying that labels are missing (fix reported to the lead)",
-)
 def test_igr_terms_ask_for_labels_in_an_iterable(small):
     problem, _ = small
     X = problem.X
