@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def module(torch):
-    """``Linear(3, 5) -> Tanh -> Linear(5, 2)`` in float64 with parameters from a fixed generator."""
+    """``Linear(3, 5) -> Tanh -> Linear(5, 2)``, float64, parameters from a fixed generator."""
     net = torch.nn.Sequential(
         torch.nn.Linear(D, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, K)
     ).double()
