@@ -1,0 +1,396 @@
+"""gcref.models on torch.nn.Module models (issue 7), through the TorchModel adapter.
+
+MLPs are checked against the NumPy reference of gcref (the same network, built by
+``mlp_module``); a small CNN and a small ResNet-18 against obviously correct per-example
+loops: one ``torch.autograd`` call per example (and per output), in eval mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import assume_unsaturated, problems
+
+import gcref
+import gcref.models as gm
+from gcref.backends.torch import TorchModel
+from gcref.mlp import flatten_params
+from gcref.nets.torch import SmallCNN, mlp_module, resnet18
+
+RTOL = 1e-9
+
+
+def compatible_losses(k):
+    """The losses defined for k outputs."""
+    return ["squared", "logistic" if k == 1 else "softmax_cross_entropy"]
+
+
+def assert_close(actual, expected, rtol=RTOL, atol=1e-12):
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+# -- MLPs against the NumPy reference ------------------------------------------------------
+
+
+@given(problem=problems(), loss_index=st.integers(0, 1), h=st.sampled_from((0.01, 0.3)),
+       batch_size=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_mlp_measures_equal_the_numpy_reference(problem, loss_index, h, batch_size, seed):
+    mlp, params, X = problem.mlp, problem.params, problem.X
+    assume_unsaturated(mlp, params, X)
+    module = mlp_module(mlp, params)
+    losses = compatible_losses(mlp.output_dim)
+    loss = losses[loss_index % len(losses)]
+    y = problem.targets(loss)
+
+    gc = gcref.geometric_complexity(mlp, params, X)
+    for mode in ("reverse", "forward", "auto"):
+        assert_close(gm.geometric_complexity(module, X, mode=mode), gc)
+    assert_close(gm.dirichlet_energy(module, X), gc / 2)
+    assert_close(gm.geometric_complexity(module, X, per_example=True).per_example,
+                 gcref.geometric_complexity(mlp, params, X, per_example=True).per_example)
+
+    estimate = gm.estimate_geometric_complexity(module, X, np.random.default_rng(seed),
+                                                n_probes=3, chunk_size=2)
+    reference = gcref.estimate_geometric_complexity(mlp, params, X, np.random.default_rng(seed),
+                                                    n_probes=3)
+    assert_close([estimate.value, estimate.stderr], [reference.value, reference.stderr])
+
+    assert_close(gm.output_grad_sq_norms(module, X, chunk_size=3),
+                 gcref.param_grad_sq_norms(mlp, params, X).total)
+    assert_close(gm.loss_grad_sq_norms(module, (X, y), loss, chunk_size=3),
+                 gcref.loss_grad_sq_norms(mlp, params, X, y, loss).total)
+
+    terms = gm.igr_terms(module, (X, y), loss, batch_size=batch_size, chunk_size=2)
+    n = X.shape[0]
+    blocks = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    assert terms.n_examples == n and terms.n_batches == len(blocks)
+    assert_close(terms.loss, gcref.mean_loss(mlp, params, X, y, loss))
+    assert_close(terms.modified_loss_gd(h), gcref.modified_loss_gd(mlp, params, X, y, loss, h))
+    assert_close(terms.modified_loss_sgd(h),
+                 gcref.modified_loss_sgd(mlp, params, X, y, loss, h, blocks))
+    assert_close(terms.modified_loss_per_example(h),
+                 gcref.modified_loss_per_example(mlp, params, X, y, loss, h))
+
+    assert_close(gm.parameter_vector(module), flatten_params(params), rtol=0, atol=0)
+    direction = problem.direction()
+    hvp = gm.loss_hvp(module, (X, y), loss, flatten_params(direction), chunk_size=2)
+    expected = flatten_params(gcref.loss_hvp(mlp, params, X, y, loss, direction))
+    assert_close(hvp, expected, atol=1e-10 * max(1.0, np.abs(expected).max()))
+
+
+# -- a small CNN and a small ResNet against per-example loops ------------------------------
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return SmallCNN(in_channels=2, num_classes=3, width=3).double()
+
+
+def small_resnet():
+    torch.manual_seed(1)
+    model = resnet18(num_classes=4, width=4, in_channels=3).double()
+    # Running statistics away from (0, 1), so that using them (eval) or not shows.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+NETWORKS = {
+    "small_cnn": (small_cnn, (2, 7, 7)),
+    "resnet18_width4": (small_resnet, (3, 8, 8)),
+}
+
+
+@pytest.fixture(params=sorted(NETWORKS), ids=lambda name: f"net={name}")
+def network(request):
+    """A float64 network in train mode, its input shape, four inputs and class labels."""
+    build, shape = NETWORKS[request.param]
+    model = build().train()
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(4, *shape))
+    k = model(torch.as_tensor(X)).shape[1]
+    return model, X, rng.integers(0, k, size=4)
+
+
+def loop_references(model, X, labels):
+    """Per-example J norms, grad_theta f norms, grad_theta l norms, losses and the
+    gradient of the summed loss, one example (and one output) at a time, in eval mode."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    jac, out_norms, loss_norms, losses, grad_sum = [], [], [], [], 0
+    for x, label in zip(torch.as_tensor(X), labels):
+        J = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x)
+        jac.append(float(J.square().sum()))
+        f = model(x[None])[0]
+        out_norms.append(sum(
+            float(sum(g.square().sum() for g in torch.autograd.grad(f[o], params, retain_graph=True)))
+            for o in range(f.shape[0])
+        ))
+        loss = torch.logsumexp(f, 0) - f[int(label)]
+        grads = torch.autograd.grad(loss, params)
+        loss_norms.append(float(sum(g.square().sum() for g in grads)))
+        losses.append(float(loss.detach()))
+        grad_sum = grad_sum + torch.cat([g.reshape(-1) for g in grads])
+    return dict(jac=np.array(jac), out=np.array(out_norms), loss=np.array(loss_norms),
+                losses=np.array(losses), grad_sum=grad_sum.numpy())
+
+
+def finite_difference_hvp(model, X, labels, vector, eps=1e-5):
+    """``(grad L(theta + eps v) - grad L(theta - eps v)) / (2 eps)`` of the mean loss."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    theta = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def grad_at(vec):
+        torch.nn.utils.vector_to_parameters(vec, params)
+        f = model(torch.as_tensor(X))
+        loss = (torch.logsumexp(f, 1) - f[np.arange(len(labels)), labels]).mean()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+    v = torch.as_tensor(vector)
+    try:
+        return ((grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)).numpy()
+    finally:
+        torch.nn.utils.vector_to_parameters(theta, params)
+
+
+def training_flags(model):
+    return [m.training for m in model.modules()]
+
+
+@pytest.mark.parametrize("norm_method", ["auto", "gram", "gradient", "vmap"])
+def test_network_measures_equal_per_example_loops(network, norm_method):
+    model, X, labels = network
+    model.layer1.eval() if hasattr(model, "layer1") else model.features[0].eval()
+    flags = training_flags(model)
+    adapter = TorchModel(model, norm_method=norm_method)
+    data = (X, labels)
+
+    gc = gm.geometric_complexity(adapter, X, mode="reverse", per_example=True)
+    gc_forward = gm.geometric_complexity(adapter, X[:1], mode="forward", per_example=True)
+    out_norms = gm.output_grad_sq_norms(adapter, X, chunk_size=3)
+    loss_norms = gm.loss_grad_sq_norms(adapter, data, "softmax_cross_entropy", chunk_size=3)
+    terms = gm.igr_terms(adapter, data, "softmax_cross_entropy", batch_size=3)
+    rng = np.random.default_rng(3)
+    vector = rng.normal(size=gm.parameter_vector(adapter).shape)
+    hvp = gm.loss_hvp(adapter, data, "softmax_cross_entropy", vector, chunk_size=3)
+    assert training_flags(model) == flags
+
+    ref = loop_references(model, X, labels)
+    assert_close(gc.per_example, ref["jac"])
+    assert_close(gc_forward.per_example, ref["jac"][:1])
+    assert_close(out_norms, ref["out"])
+    assert_close(loss_norms, ref["loss"])
+    n = len(labels)
+    assert_close(terms.loss, ref["losses"].mean())
+    assert_close(terms.per_example, ref["loss"].mean())
+    assert_close(terms.full_batch, np.sum((ref["grad_sum"] / n) ** 2))
+    expected_hvp = finite_difference_hvp(model, X, labels, vector)
+    np.testing.assert_allclose(hvp, expected_hvp, rtol=1e-5, atol=1e-6 * np.abs(expected_hvp).max())
+
+
+def test_probe_estimate_is_the_mean_of_vjp_norms(network):
+    model, X, _ = network
+    probes = np.random.default_rng(5).normal(size=(X.shape[0], 2, 4 if hasattr(model, "layer1") else 3))
+    values = TorchModel(model).probe_sq_norms(X, probes)
+    model.eval()
+    for n, x in enumerate(torch.as_tensor(X)):
+        J = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x).reshape(probes.shape[2], -1)
+        expected = np.square(probes[n] @ J.numpy()).sum(axis=1)
+        assert_close(values[n], expected)
+
+
+def test_batchnorm_uses_running_statistics_whatever_the_mode():
+    model = small_resnet()
+    X = np.random.default_rng(0).normal(size=(3, 3, 8, 8))
+    train_mode = gm.geometric_complexity(model.train(), X, per_example=True).per_example
+    assert model.training and all(m.training for m in model.modules())
+    eval_mode = gm.geometric_complexity(model.eval(), X, per_example=True).per_example
+    assert not any(m.training for m in model.modules())
+    singles = [gm.geometric_complexity(model.train(), X[n : n + 1]) for n in range(3)]
+    assert_close(train_mode, eval_mode)
+    assert_close(train_mode, singles)
+
+
+def test_weight_gradients_are_never_accumulated(network):
+    model, X, labels = network
+    gm.geometric_complexity(model, X)
+    gm.output_grad_sq_norms(model, X)
+    gm.loss_grad_sq_norms(model, (X, labels), "softmax_cross_entropy")
+    assert all(p.grad is None for p in model.parameters())
+
+
+# -- forms of the norm identities ----------------------------------------------------------
+
+
+class SequenceModel(torch.nn.Module):
+    """A Conv1d and a Linear applied to every position (a 3-D input): the extra-dimension forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(2, 3, 3, stride=2, padding=1, dilation=1)
+        self.bn = torch.nn.BatchNorm1d(3)
+        self.position = torch.nn.Linear(3, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.conv(x)))
+        h = torch.tanh(self.position(h.transpose(1, 2)))
+        return self.head(h.mean(dim=1))
+
+
+class TiedModel(torch.nn.Module):
+    """One linear layer used twice: the norm identities do not apply, the fallback must."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.linear(torch.tanh(self.linear(x)))
+
+
+class InPlaceModel(torch.nn.Module):
+    """A BatchNorm whose output an in-place ReLU overwrites, as in torchvision's ResNets."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("build, shape", [
+    (SequenceModel, (2, 9)),
+    (TiedModel, (3,)),
+    (InPlaceModel, (2, 5, 5)),
+], ids=["conv1d_and_3d_linear", "tied_weights", "inplace_relu"])
+def test_every_norm_method_equals_the_loop(build, shape):
+    torch.manual_seed(2)
+    model = build().double()
+    X = np.random.default_rng(4).normal(size=(3, *shape))
+    labels = np.array([0, 1, 1])
+    ref = loop_references(model, X, labels)
+    for method in ("auto", "gram", "gradient", "vmap"):
+        adapter = TorchModel(model, norm_method=method)
+        assert_close(gm.output_grad_sq_norms(adapter, X), ref["out"])
+        assert_close(gm.loss_grad_sq_norms(adapter, (X, labels), "softmax_cross_entropy"),
+                     ref["loss"])
+
+
+def test_frozen_parameters_are_not_theta():
+    torch.manual_seed(3)
+    model = SmallCNN(in_channels=1, num_classes=2, width=2).double()
+    model.features[0].weight.requires_grad_(False)
+    model.linear.bias.requires_grad_(False)
+    X = np.random.default_rng(1).normal(size=(3, 1, 6, 6))
+    ref = loop_references(model, X, np.array([0, 1, 0]))
+    p = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    assert gm.parameter_vector(model).shape == (p,)
+    for method in ("auto", "gram", "gradient", "vmap"):
+        assert_close(gm.output_grad_sq_norms(TorchModel(model, norm_method=method), X), ref["out"])
+
+
+# -- data streaming ------------------------------------------------------------------------
+
+
+def test_every_data_form_and_chunk_size_gives_the_same_numbers():
+    model = small_cnn()
+    rng = np.random.default_rng(11)
+    X, y = rng.normal(size=(7, 2, 7, 7)), rng.integers(0, 3, size=7)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xt, yt), batch_size=3)
+    forms = {
+        "array": (X, (X, y)),
+        "tensor": (Xt, (Xt, yt)),
+        "list": ([X[:3], X[3:6], X[6:]], [(X[:3], y[:3]), (X[3:6], y[3:6]), (X[6:], y[6:])]),
+        "loader": (loader, loader),
+    }
+    expected = None
+    for chunk_size in (1, 2, 5):
+        for name, (unlabelled, labelled) in forms.items():
+            results = np.concatenate([
+                gm.geometric_complexity(model, unlabelled, chunk_size=chunk_size, per_example=True).per_example,
+                gm.output_grad_sq_norms(model, unlabelled, chunk_size=chunk_size),
+                gm.loss_grad_sq_norms(model, labelled, "softmax_cross_entropy", chunk_size=chunk_size),
+                gm.loss_hvp(model, labelled, "softmax_cross_entropy",
+                            np.ones(gm.parameter_vector(model).shape), chunk_size=chunk_size),
+                [gm.estimate_geometric_complexity(model, unlabelled, np.random.default_rng(0),
+                                                  n_probes=2, chunk_size=chunk_size).value],
+            ])
+            if expected is None:
+                expected = results
+            np.testing.assert_allclose(results, expected, rtol=1e-12,
+                                       err_msg=f"data as {name}, chunk_size={chunk_size}")
+    batches = gm.igr_terms(model, loader, "softmax_cross_entropy", chunk_size=2)
+    blocks = gm.igr_terms(model, (X, y), "softmax_cross_entropy", batch_size=3, chunk_size=2)
+    assert batches == blocks
+
+
+# -- dtypes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)],
+                         ids=["float32", "bfloat16"])
+def test_lower_precision_modules_are_close_to_float64(dtype, rtol):
+    model = small_cnn()
+    X = np.random.default_rng(2).normal(size=(3, 2, 7, 7))
+    data = (X, np.array([0, 1, 2]))
+    reference = [gm.geometric_complexity(model, X), gm.output_grad_sq_norms(model, X),
+                 gm.loss_grad_sq_norms(model, data, "softmax_cross_entropy")]
+    low = model.to(dtype)
+    values = [gm.geometric_complexity(low, X), gm.output_grad_sq_norms(low, X),
+              gm.loss_grad_sq_norms(low, data, "softmax_cross_entropy")]
+    for value, ref in zip(values, reference):
+        assert np.asarray(value).dtype == np.float64
+        np.testing.assert_allclose(value, ref, rtol=rtol)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_a_clear_error():
+    model = small_cnn()
+    X = np.random.default_rng(0).normal(size=(2, 2, 7, 7))
+    with pytest.raises(TypeError, match="params must be left out"):
+        gm.geometric_complexity(model, X, params={"w": 1})
+    with pytest.raises(ValueError, match="X contains NaN"):
+        gm.geometric_complexity(model, np.where(X > 1, np.inf, X))
+    with pytest.raises(TypeError, match="X must have a floating dtype"):
+        gm.geometric_complexity(model, np.ones((2, 2, 7, 7), dtype=np.int64))
+    with pytest.raises(TypeError, match="X must have a floating dtype"):
+        gm.geometric_complexity(model, torch.ones((2, 2, 7, 7), dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"X with examples of shape \(3, 7, 7\)"):
+        gm.geometric_complexity(model, np.ones((2, 3, 7, 7)))
+    with pytest.raises(ValueError, match=r"X with examples of shape \(5,\)"):
+        gm.output_grad_sq_norms(torch.nn.Linear(4, 2).double(), np.ones((2, 5)))
+    with pytest.raises(TypeError, match="must carry labels"):
+        gm.loss_grad_sq_norms(model, X, "softmax_cross_entropy")
+    frozen = torch.nn.Linear(3, 2).double().requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter that requires grad"):
+        gm.output_grad_sq_norms(frozen, np.ones((2, 3)))
+    assert gm.geometric_complexity(frozen, np.ones((2, 3))) > 0
+    with pytest.raises(ValueError, match="unknown norm_method"):
+        TorchModel(model, norm_method="fast")
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        TorchModel(lambda x: x)
+
+
+def test_mlp_module_refuses_an_activation_it_cannot_build():
+    cube = gcref.Activation("cube", lambda x, xp: x * x * x, d1=lambda x: 3 * x**2,
+                            d2=lambda x: 6 * x)
+    mlp = gcref.MLP((2, 3, 1), activation=cube)
+    with pytest.raises(ValueError, match="activation 'cube'"):
+        mlp_module(mlp, mlp.init(np.random.default_rng(0)))
