@@ -1,0 +1,540 @@
+"""Exact GC, 1-probe GC and per-example loss-gradient norms of users' models, in epochs.
+
+Issue 7, item 6. For a CIFAR ResNet-18 and a small CNN (``gcref.nets.torch``, 10 classes)
+on synthetic 3 x S x S images with random labels, three measures of :mod:`gcref.models`:
+
+- ``exact GC``: ``geometric_complexity`` (k = 10 input-only vector-Jacobian products per
+  example, one forward pass shared);
+- ``1-probe GC``: ``estimate_geometric_complexity`` with ``n_probes=1`` (Gaussian probes);
+- ``grad norms``: ``loss_grad_sq_norms`` with ``"softmax_cross_entropy"``, the per-example
+  ``||grad_theta l_n||^2``.
+
+Each is timed and divided by the time of one plain training epoch measured in the same
+run: the model in training mode, forward pass, mean cross-entropy and backward pass with
+weight gradients over the same data and batch size, gradients reset between batches,
+**no optimizer step** (the cheapest honest epoch, so the ratios are if anything
+pessimistic); it runs on a copy of the model, so the measured model's BatchNorm
+statistics stay as they are. The goals of issue 7 are printed next to each ratio.
+
+The same measures are then computed by the usual alternatives, each checked against
+gcref's result (relative difference printed; a check that fails says so instead of
+reporting a speed):
+
+- ``per-example loop``: a Python loop over examples with ``torch.autograd.grad`` (k
+  backward passes, one, or one with weight gradients); timed on the first ``--loop-n``
+  examples and extrapolated linearly to N (labelled ``extrapolated``);
+- ``torch.func``: ``vmap(jacrev)`` for J, ``vmap(grad)`` of the probe's ``v . f`` for the
+  probe estimate and ``vmap(grad)`` of the loss for per-example gradients, on
+  ``functional_call`` in eval mode; timed on the first ``--alt-n`` examples
+  (extrapolated when fewer than N);
+- ``batched backward``: k one-hot backward passes over each chunk with respect to the
+  input only (exact GC), or one backward pass with the probes as cotangent (1-probe GC).
+
+The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster.
+
+Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds, each
+timing every method once in turn (interleaved, so that load from other processes falls on
+all of them alike); the median is reported with the spread. On CUDA, the device is
+synchronised around every timing and TF32 is off unless ``--tf32``. The accuracy of the
+chosen dtype against float64 is measured on the first ``--check-n`` examples.
+
+This is a measurement, not a test::
+
+    .venv/bin/python benchmarks/model_measures.py            # CPU-sized, a few minutes
+    python benchmarks/model_measures.py --full               # 50,000 images, width 64, GPU
+    python benchmarks/model_measures.py --dtype bfloat16     # bf16 timings and error
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+K = 10
+GOALS = {"exact GC": 4.0, "1-probe GC": 1.0, "grad norms": 2.0}
+MEASURES = tuple(GOALS)
+#: Agreement with gcref required before an alternative's time is reported, per dtype.
+AGREEMENT_RTOL = {"float64": 1e-9, "float32": 1e-3, "bfloat16": 1e-1}
+
+CPU_SETTING = dict(n=256, width=8, image_size=32, batch_size=128, loop_n=32, alt_n=None,
+                   check_n=32, repeats=5, threads=1)
+FULL_SETTING = dict(n=50_000, width=64, image_size=32, batch_size=256, loop_n=256,
+                    alt_n=10_000, check_n=256, repeats=3, threads=None)
+
+
+@dataclass
+class Method:
+    """One way of computing one measure: ``run(n)`` computes it on the first n examples."""
+
+    measure: str
+    label: str
+    run: callable
+    n: int
+    times: list = field(default_factory=list)
+    value: object = None
+    rel_diff: float = float("nan")
+    failure: str = ""
+
+    def seconds(self, n_total):
+        """Median time, extrapolated linearly to ``n_total`` examples."""
+        return statistics.median(self.times) * n_total / self.n
+
+
+MODELS = {"resnet18": "ResNet-18", "smallcnn": "SmallCNN"}
+
+
+def build_model(name, width, seed):
+    """The network, initialised from ``seed`` without touching the caller's global RNG state."""
+    import torch
+
+    from gcref.nets import torch as nets
+
+    constructors = {"resnet18": nets.resnet18, "smallcnn": nets.SmallCNN}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return constructors[name](num_classes=K, width=width)
+
+
+def synthetic_data(n, image_size, seed):
+    """Gaussian images ``(n, 3, S, S)`` and uniform labels in ``[0, 10)``, float32 on the CPU."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn((n, 3, image_size, image_size), generator=generator)
+    y = torch.randint(0, K, (n,), generator=generator)
+    return X, y
+
+
+def chunks(n, size):
+    return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+# -- the baseline ---------------------------------------------------------------------------
+
+
+def training_epoch(model, X, y, batch_size):
+    """One epoch of forward, mean cross-entropy and backward with weight gradients; no step."""
+    import torch.nn.functional as F
+
+    def run(n):
+        model.train()
+        for start, stop in chunks(n, batch_size):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(X[start:stop]), y[start:stop]).backward()
+
+    return run
+
+
+# -- gcref ----------------------------------------------------------------------------------
+
+
+def gcref_methods(model, X, y, chunk_size, probe_seed):
+    from gcref import models
+
+    def exact(n):
+        return models.geometric_complexity(
+            model, X[:n], chunk_size=chunk_size, per_example=True
+        ).per_example
+
+    def probe(n):
+        rng = np.random.default_rng(probe_seed)
+        return models.estimate_geometric_complexity(
+            model, X[:n], rng, n_probes=1, chunk_size=chunk_size
+        ).value
+
+    def norms(n):
+        return models.loss_grad_sq_norms(
+            model, (X[:n], y[:n]), "softmax_cross_entropy", chunk_size=chunk_size
+        )
+
+    return {"exact GC": exact, "1-probe GC": probe, "grad norms": norms}
+
+
+# -- the alternatives -----------------------------------------------------------------------
+
+
+def probes_for(n, probe_seed, like):
+    """The Gaussian probes gcref draws from ``default_rng(probe_seed)``: ``(n, k)``."""
+    import torch
+
+    v = np.random.default_rng(probe_seed).standard_normal((n, 1, K))[:, 0]
+    return torch.from_numpy(v).to(device=like.device, dtype=like.dtype)
+
+
+def per_example_sq(g):
+    """Squared norms of the rows of a ``(n, ...)`` tensor, float64 NumPy ``(n,)``."""
+    return g.flatten(1).pow(2).sum(1).double().cpu().numpy()
+
+
+def loop_methods(model, X, y, probe_seed):
+    """One example at a time with ``torch.autograd.grad``: the obviously correct way."""
+    import torch
+    import torch.nn.functional as F
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def exact(n):
+        model.eval()
+        out = []
+        for i in range(n):
+            x = X[i : i + 1].detach().requires_grad_(True)
+            f = model(x)[0]
+            sq = 0
+            for c in range(K):
+                (g,) = torch.autograd.grad(f[c], x, retain_graph=c < K - 1)
+                sq = sq + g.pow(2).sum()
+            out.append(sq)
+        return torch.stack(out).double().cpu().numpy()
+
+    def probe(n):
+        model.eval()
+        v = probes_for(n, probe_seed, X)
+        out = []
+        for i in range(n):
+            x = X[i : i + 1].detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((model(x)[0] * v[i]).sum(), x)
+            out.append(g.pow(2).sum())
+        return float(torch.stack(out).double().mean())
+
+    def norms(n):
+        model.eval()
+        out = []
+        for i in range(n):
+            loss = F.cross_entropy(model(X[i : i + 1]), y[i : i + 1])
+            grads = torch.autograd.grad(loss, params)
+            out.append(sum(g.pow(2).sum() for g in grads))
+        return torch.stack(out).double().cpu().numpy()
+
+    return {"exact GC": exact, "1-probe GC": probe, "grad norms": norms}
+
+
+def torch_func_methods(model, X, y, chunk_size, probe_seed):
+    """``torch.func`` on ``functional_call``: vmap of jacrev, of grad of ``v . f``, of grad of l."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, jacrev, vmap
+
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+
+    def f_single(x):
+        return functional_call(model, (params, buffers), (x.unsqueeze(0),)).squeeze(0)
+
+    def probe_single(x, v):
+        return (f_single(x) * v).sum()
+
+    def loss_single(theta, x, label):
+        logits = functional_call(model, (theta, buffers), (x.unsqueeze(0),))
+        return F.cross_entropy(logits, label.unsqueeze(0))
+
+    jacobians = vmap(jacrev(f_single))
+    probe_grads = vmap(grad(probe_single))
+    loss_grads = vmap(grad(loss_single), in_dims=(None, 0, 0))
+
+    def exact(n):
+        model.eval()
+        return np.concatenate([per_example_sq(jacobians(X[a:b])) for a, b in chunks(n, chunk_size)])
+
+    def probe(n):
+        model.eval()
+        v = probes_for(n, probe_seed, X)
+        sq = [per_example_sq(probe_grads(X[a:b], v[a:b])) for a, b in chunks(n, chunk_size)]
+        return float(np.concatenate(sq).mean())
+
+    def norms(n):
+        model.eval()
+        out = []
+        for a, b in chunks(n, chunk_size):
+            g = loss_grads(params, X[a:b], y[a:b])
+            out.append(sum(per_example_sq(t) for t in g.values()))
+        return np.concatenate(out)
+
+    return {"exact GC": exact, "1-probe GC": probe, "grad norms": norms}
+
+
+def batched_backward_methods(model, X, chunk_size, probe_seed):
+    """Backward passes over a whole chunk with respect to the input only (no weight gradient)."""
+    import torch
+
+    def exact(n):
+        model.eval()
+        out = []
+        for a, b in chunks(n, chunk_size):
+            x = X[a:b].detach().requires_grad_(True)
+            f = model(x)
+            sq = torch.zeros(b - a, dtype=torch.float64, device=X.device)
+            for c in range(K):
+                (g,) = torch.autograd.grad(f[:, c].sum(), x, retain_graph=c < K - 1)
+                sq += g.flatten(1).pow(2).sum(1).double()
+            out.append(sq)
+        return torch.cat(out).cpu().numpy()
+
+    def probe(n):
+        model.eval()
+        v = probes_for(n, probe_seed, X)
+        out = []
+        for a, b in chunks(n, chunk_size):
+            x = X[a:b].detach().requires_grad_(True)
+            (g,) = torch.autograd.grad((model(x) * v[a:b]).sum(), x)
+            out.append(per_example_sq(g))
+        return float(np.concatenate(out).mean())
+
+    return {"exact GC": exact, "1-probe GC": probe}
+
+
+# -- timing and checks ----------------------------------------------------------------------
+
+
+def synchronize(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(run, n, device):
+    synchronize(device)
+    start = time.perf_counter()
+    value = run(n)
+    synchronize(device)
+    return time.perf_counter() - start, value
+
+
+def relative_difference(value, reference):
+    """``max |value - reference| / max |reference|`` (scalars or per-example arrays)."""
+    value = np.asarray(value, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
+
+
+def run_methods(methods, repeats, warm_n, device, log):
+    """Warm up every method on ``warm_n`` examples, then time them in interleaved rounds.
+
+    A method that runs out of GPU memory is marked as failed and left out of later rounds.
+    """
+    import torch
+
+    def attempt(m, n):
+        try:
+            return time_once(m.run, n, device)
+        except torch.OutOfMemoryError as err:
+            m.failure = f"out of memory at {n} examples: {str(err).splitlines()[0][:60]}"
+            torch.cuda.empty_cache()
+            return None
+
+    for m in methods:
+        attempt(m, min(warm_n, m.n))
+    for r in range(repeats):
+        for m in methods:
+            if not m.failure and (result := attempt(m, m.n)) is not None:
+                seconds, m.value = result
+                m.times.append(seconds)
+        log(f"  round {r + 1}/{repeats} done")
+
+
+# -- one model ------------------------------------------------------------------------------
+
+
+def benchmark_model(name, args, device, dtype, log):
+    started = time.perf_counter()
+    n, chunk = args.n, args.batch_size
+    loop_n, alt_n = min(args.loop_n, n), min(args.alt_n or n, n)
+    model = build_model(name, args.width, args.seed).to(device=device, dtype=dtype)
+    X, y = synthetic_data(n, args.image_size, args.seed + 1)
+    X, y = X.to(device=device, dtype=dtype), y.to(device)
+    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    log(
+        f"\n{MODELS[name]}: width {args.width}, {p:,} parameters; N = {n} images "
+        f"3x{args.image_size}x{args.image_size}, k = {K}, batch and chunk {chunk}, "
+        f"{str(dtype).replace('torch.', '')} on {device}"
+    )
+
+    baseline = Method("epoch", "training epoch (baseline)",
+                      training_epoch(copy.deepcopy(model), X, y, chunk), n)
+    gcref = {m: Method(m, "gcref", run, n)
+             for m, run in gcref_methods(model, X, y, chunk, args.seed).items()}
+    families = [
+        ("per-example loop", loop_n, loop_methods(model, X, y, args.seed)),
+        ("torch.func", alt_n, torch_func_methods(model, X, y, chunk, args.seed)),
+        ("batched backward", alt_n, batched_backward_methods(model, X, chunk, args.seed)),
+    ]
+    alternatives = [Method(m, ALT_LABELS[family, m], run, m_n)
+                    for family, m_n, runs in families for m, run in runs.items()]
+    run_methods([baseline, *gcref.values(), *alternatives], args.repeats, 2 * chunk, device, log)
+    check_agreement(gcref, alternatives, agreement_rtol(args))
+    report(baseline, gcref, alternatives, n, log)
+    accuracy_against_float64(model, X, y, args, log)
+    log(f"  ({time.perf_counter() - started:.0f} s for this model)")
+
+
+ALT_LABELS = {
+    ("per-example loop", "exact GC"): "per-example loop",
+    ("per-example loop", "1-probe GC"): "per-example loop",
+    ("per-example loop", "grad norms"): "per-example loop",
+    ("torch.func", "exact GC"): "torch.func vmap(jacrev)",
+    ("torch.func", "1-probe GC"): "torch.func vmap(grad v.f)",
+    ("torch.func", "grad norms"): "torch.func vmap(grad l)",
+    ("batched backward", "exact GC"): "k one-hot backward passes",
+    ("batched backward", "1-probe GC"): "one batched backward",
+}
+
+
+def agreement_rtol(args):
+    """The relative difference an alternative may show; TF32 convolutions carry ~3 digits."""
+    return max(AGREEMENT_RTOL[args.dtype], 1e-2 if args.tf32 else 0.0)
+
+
+def check_agreement(gcref, alternatives, rtol):
+    """Set each alternative's relative difference from gcref on the same examples."""
+    for alt in alternatives:
+        reference = gcref[alt.measure]
+        if alt.failure or reference.failure:
+            alt.failure = alt.failure or "not compared: gcref failed"
+            continue
+        if alt.measure == "1-probe GC":
+            # A mean: gcref again on the alternative's examples (the same probes).
+            expected = reference.value if alt.n == reference.n else reference.run(alt.n)
+        else:
+            expected = reference.value[: alt.n]
+        alt.rel_diff = relative_difference(alt.value, expected)
+        if not alt.rel_diff <= rtol:
+            alt.failure = f"DISAGREES with gcref (rel diff {alt.rel_diff:.1e} > {rtol:g}): no time"
+
+
+def report(baseline, gcref, alternatives, n, log):
+    log(f"  {'measure':<11}{'method':<27}{'timed on':>9}{'median s':>10}{'min-max s':>18}"
+        f"{'/ epoch':>9}  {'goal':<12}{'alt/gcref':>10}{'rel diff':>10}")
+    if baseline.failure:
+        log(f"  baseline {baseline.failure}: no ratios")
+        return
+    epoch = baseline.seconds(n)
+
+    def line(m, goal="", speed="", diff=""):
+        if m.failure:
+            log(f"  {m.measure:<11}{m.label:<27}  {m.failure}")
+            return
+        timed_on = f"{m.n}" + ("*" if m.n < n else "")
+        spread = "-".join(f"{t * n / m.n:.3g}" for t in (min(m.times), max(m.times)))
+        log(f"  {m.measure:<11}{m.label:<27}{timed_on:>9}{m.seconds(n):>10.4g}{spread:>18}"
+            f"{m.seconds(n) / epoch:>9.2f}  {goal:<12}{speed:>10}{diff:>10}")
+
+    line(baseline)
+    for measure, method in gcref.items():
+        verdict = "" if method.failure else (
+            "PASS" if method.seconds(n) / epoch <= GOALS[measure] else "MISS")
+        line(method, goal=f"<= {GOALS[measure]:g} {verdict}")
+    slower_than = []
+    for alt in alternatives:
+        if alt.failure:
+            line(alt)
+            continue
+        speed = alt.seconds(n) / gcref[alt.measure].seconds(n)
+        if speed < 1:
+            slower_than.append(f"{alt.label} ({alt.measure}, {speed:.2f})")
+        line(alt, speed=f"{speed:.2f}", diff=f"{alt.rel_diff:.1e}")
+    log(f"  * timed on the first examples only, times extrapolated linearly to N = {n}")
+    log("  / epoch: median time over the baseline's; alt/gcref: the alternative's median time "
+        "over gcref's (above 1: gcref is faster); rel diff: max |alt - gcref| / max |gcref|")
+    log("  gcref at least as fast as every alternative: "
+        + ("PASS" if not slower_than else "MISS, slower than " + "; ".join(slower_than)))
+
+
+def accuracy_against_float64(model, X, y, args, log):
+    """Relative error of the measures in the run's dtype against float64, first check_n examples.
+
+    The float64 model is a copy of the model cast to float64, so both see the same weights
+    and inputs (as rounded to the run's dtype): the error is that of the arithmetic alone.
+    """
+    import torch
+
+    from gcref import models
+
+    if next(model.parameters()).dtype == torch.float64:
+        return
+    m, chunk = min(args.check_n, X.shape[0]), args.batch_size
+    model64 = copy.deepcopy(model).double()
+    log(f"  {args.dtype} against float64 (same weights and inputs), first {m} examples:")
+    for measure in MEASURES:
+        values = []
+        for net, inputs in ((model, X[:m]), (model64, X[:m].double())):
+            if measure == "exact GC":
+                values.append(models.geometric_complexity(net, inputs, chunk_size=chunk,
+                                                          per_example=True).per_example)
+            elif measure == "1-probe GC":
+                rng = np.random.default_rng(args.seed)
+                values.append(models.estimate_geometric_complexity(net, inputs, rng,
+                                                                   chunk_size=chunk).value)
+            else:
+                values.append(models.loss_grad_sq_norms(net, (inputs, y[:m]),
+                                                        "softmax_cross_entropy", chunk_size=chunk))
+        value, value64 = (np.asarray(v, dtype=np.float64) for v in values)
+        text = (f"    {measure:<11} mean {value.mean():.6g} vs {value64.mean():.6g}: "
+                f"rel error {abs(value.mean() / value64.mean() - 1):.1e}")
+        if value.ndim:
+            text += f"; largest per-example rel error {np.max(np.abs(value / value64 - 1)):.1e}"
+        log(text)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true",
+                        help="the GPU setting: 50,000 images 3x32x32, width 64, batch 256")
+    parser.add_argument("--models", default="resnet18,smallcnn", help="comma-separated: "
+                        + ", ".join(MODELS))
+    parser.add_argument("--dtype", default="float32", choices=sorted(AGREEMENT_RTOL))
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default)")
+    for key, value in CPU_SETTING.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
+                            help=f"default {value} (with --full: {FULL_SETTING[key]}; None: all "
+                            "examples for alt-n, torch's own default for threads)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for key, value in (FULL_SETTING if args.full else CPU_SETTING).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        hardware = f"{torch.cuda.get_device_name(device)}, TF32 {'on' if args.tf32 else 'off'}"
+    else:
+        hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+    def log(text):
+        print(text, flush=True)
+
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    log(f"gcref.models against one training epoch; {now}; {'full' if args.full else 'CPU'} setting")
+    log(f"device {device} ({hardware}); python {platform.python_version()}, "
+        f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"load average {os.getloadavg()[0]:.1f}")
+    log(f"median of {args.repeats} interleaved rounds after a warm-up; baseline epoch: training "
+        "mode, forward + mean cross-entropy + backward with weight gradients, no optimizer step")
+    for name in args.models.split(","):
+        if name.strip() not in MODELS:
+            parser.error(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    dtype = getattr(torch, args.dtype)
+    for name in args.models.split(","):
+        benchmark_model(name.strip(), args, device, dtype, log)
+    log(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
