@@ -166,8 +166,23 @@ def training_flags(model):
     return [m.training for m in model.modules()]
 
 
+@pytest.fixture
+def fallback_calls(monkeypatch):
+    """A list that records every call of TorchModel's vmap fallback."""
+    calls = []
+    for name in ("_vmap_output_sq_norms", "_vmap_loss_sq_norms"):
+        original = getattr(TorchModel, name)
+
+        def recording(self, *args, original=original, name=name):
+            calls.append(name)
+            return original(self, *args)
+
+        monkeypatch.setattr(TorchModel, name, recording)
+    return calls
+
+
 @pytest.mark.parametrize("norm_method", ["auto", "gram", "gradient", "vmap"])
-def test_network_measures_equal_per_example_loops(network, norm_method):
+def test_network_measures_equal_per_example_loops(network, norm_method, fallback_calls):
     model, X, labels = network
     model.layer1.eval() if hasattr(model, "layer1") else model.features[0].eval()
     flags = training_flags(model)
@@ -183,6 +198,7 @@ def test_network_measures_equal_per_example_loops(network, norm_method):
     vector = rng.normal(size=gm.parameter_vector(adapter).shape)
     hvp = gm.loss_hvp(adapter, data, "softmax_cross_entropy", vector, chunk_size=3)
     assert training_flags(model) == flags
+    assert bool(fallback_calls) == (norm_method == "vmap")
 
     ref = loop_references(model, X, labels)
     assert_close(gc.per_example, ref["jac"])
@@ -272,22 +288,24 @@ class InPlaceModel(torch.nn.Module):
         return self.head(self.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize("build, shape", [
-    (SequenceModel, (2, 9)),
-    (TiedModel, (3,)),
-    (InPlaceModel, (2, 5, 5)),
+@pytest.mark.parametrize("build, shape, identities", [
+    (SequenceModel, (2, 9), True),
+    (TiedModel, (3,), False),
+    (InPlaceModel, (2, 5, 5), True),
 ], ids=["conv1d_and_3d_linear", "tied_weights", "inplace_relu"])
-def test_every_norm_method_equals_the_loop(build, shape):
+def test_every_norm_method_equals_the_loop(build, shape, identities, fallback_calls):
     torch.manual_seed(2)
     model = build().double()
     X = np.random.default_rng(4).normal(size=(3, *shape))
     labels = np.array([0, 1, 1])
     ref = loop_references(model, X, labels)
     for method in ("auto", "gram", "gradient", "vmap"):
+        fallback_calls.clear()
         adapter = TorchModel(model, norm_method=method)
         assert_close(gm.output_grad_sq_norms(adapter, X), ref["out"])
         assert_close(gm.loss_grad_sq_norms(adapter, (X, labels), "softmax_cross_entropy"),
                      ref["loss"])
+        assert len(fallback_calls) == (0 if identities and method != "vmap" else 2)
 
 
 def test_frozen_parameters_are_not_theta():

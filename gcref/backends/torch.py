@@ -111,7 +111,10 @@ class TorchModel(ModelAdapter):
 
     **Inputs** are converted to tensors on the device and in the dtype of the module's
     parameters (float32 unless the module is float64 or bf16); sums of squares are taken
-    in float64 whatever that dtype.
+    in float64 whatever that dtype. Measured against float64 (32 CIFAR-sized 16x16
+    examples): float32 agrees to 2e-7 per example; bf16 (inputs rounded to bf16 too) to
+    8% per example and 0.2% on the mean for GC of a ResNet-18 of width 8, and to 3% / 0.2%
+    for the loss-gradient norms.
 
     **Input Jacobians** (MATH.md section 2) are taken on the module called through
     ``torch.func.functional_call`` with its parameters detached, so no weight gradient is
@@ -124,7 +127,9 @@ class TorchModel(ModelAdapter):
     ``"valid"``) or an ``nn.BatchNorm1d/2d/3d`` with running statistics, each called once
     per forward pass and sharing no parameter: one forward pass records each layer's
     input ``a`` and output, one backward pass per cotangent (to the layer outputs only,
-    so again no weight gradient) gives ``g = dL/d output``, and per layer and example
+    so again no weight gradient) gives ``g``, the gradient of ``sum_n f_o(x_n)`` (one
+    pass per output o) or of ``sum_n l_n`` (one pass) with respect to the layer's output,
+    and per layer and example
 
     - linear, ``a`` of shape ``(n, d_in)``: ``||g||^2 ||a||^2`` for the weight and
       ``||g||^2`` for the bias; with extra dimensions ``(n, T, d_in)``, as for a
@@ -138,7 +143,8 @@ class TorchModel(ModelAdapter):
       running statistics and the sum over every dimension but the example and the
       channel, and ``||sum g||^2`` for the bias.
 
-    Any other module holding trainable parameters (or a layer called twice, a shared
+    A layer output that a later in-place operation overwrites (an in-place ReLU) is
+    detected and the forward pass repeated with that output copied. Any other module holding trainable parameters (or a layer called twice, a shared
     parameter) sends the whole model to the fallback: ``torch.func.vmap`` of the
     per-example gradient (or Jacobian) of the module called on one example.
     """
@@ -507,59 +513,84 @@ class _RecordedLayers:
         p = getattr(module, name, None)
         return p is not None and p.requires_grad
 
+    def _form(self, T, c, c_out):
+        """``"gram"`` or ``"gradient"`` for a weight of ``c_out x c`` used at T positions."""
+        if self._norm_method != "auto":
+            return self._norm_method
+        return "gram" if T * (c + c_out) < c * c_out else "gradient"
+
+    def _gram(self, module, U, G):
+        """``sum_{t,t'} (G^T G)_{tt'} (U^T U)_{tt'}``; ``U^T U`` is kept for the next passes."""
+        torch = self._torch
+        if module not in self._cache:
+            self._cache[module] = torch.bmm(U.transpose(1, 2), U)
+        return (torch.bmm(G.transpose(1, 2), G) * self._cache[module]).sum(dim=(1, 2)).double()
+
     def _linear(self, module, a, g):
+        torch = self._torch
         n = a.shape[0]
-        a = _compute_dtype(a, self._torch)
+        a = _compute_dtype(a, torch)
+        total = torch.zeros(n, dtype=torch.float64, device=g.device)
         if a.ndim == 2:
             g2 = g.square().sum(dim=1)
-            total = g2 * a.square().sum(dim=1) if self._want(module, "weight") else 0 * g2
+            if self._want(module, "weight"):
+                total += (g2 * a.square().sum(dim=1)).double()
             if self._want(module, "bias"):
-                total = total + g2
-            return total.double()
+                total += g2.double()
+            return total
         U = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)
-        return self._patches(module, U, g.reshape(n, -1, g.shape[-1]).transpose(1, 2))
-
-    def _conv(self, module, a, g):
-        torch = self._torch
-        n = a.shape[0]
-        if module not in self._cache:
-            a = _compute_dtype(a, torch)
-            kernel, dilation, padding, stride = (
-                module.kernel_size, module.dilation, module.padding, module.stride
-            )
-            if padding == "valid":
-                padding = (0,) * len(kernel)
-            if a.ndim == 3:
-                a = a.unsqueeze(2)
-                kernel, dilation, padding, stride = (
-                    (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
-                )
-            self._cache[module] = torch.nn.functional.unfold(
-                a, kernel, dilation=dilation, padding=padding, stride=stride
-            )
-        return self._patches(module, self._cache[module], g.reshape(n, g.shape[1], -1))
-
-    def _patches(self, module, U, G):
-        """Weight and bias terms for ``grad_W = G U^T`` with ``U (n, c, T)``, ``G (n, c_out, T)``."""
-        torch = self._torch
-        n, c, T = U.shape
-        c_out = G.shape[1]
-        total = torch.zeros(n, dtype=torch.float64, device=G.device)
+        G = g.reshape(n, -1, g.shape[-1]).transpose(1, 2)
         if self._want(module, "weight"):
-            method = self._norm_method
-            if method == "auto":
-                method = "gram" if T * (c + c_out) < c * c_out else "gradient"
-            if method == "gram":
-                key = (module, "gram")
-                if key not in self._cache:
-                    self._cache[key] = torch.bmm(U.transpose(1, 2), U)
-                GG = torch.bmm(G.transpose(1, 2), G)
-                total += (GG * self._cache[key]).sum(dim=(1, 2)).double()
+            if self._form(U.shape[2], U.shape[1], G.shape[1]) == "gram":
+                total += self._gram(module, U, G)
             else:
                 total += torch.bmm(G, U.transpose(1, 2)).square().sum(dim=(1, 2)).double()
         if self._want(module, "bias"):
             total += G.sum(dim=2).square().sum(dim=1).double()
         return total
+
+    def _conv(self, module, a, g):
+        torch = self._torch
+        n, c_out = g.shape[:2]
+        a = _compute_dtype(a, torch)
+        G = g.reshape(n, c_out, -1)
+        total = torch.zeros(n, dtype=torch.float64, device=g.device)
+        padding = module.padding
+        if padding == "valid":
+            padding = (0,) * len(module.kernel_size)
+        if self._want(module, "weight"):
+            c = module.weight[0].numel()
+            if self._form(G.shape[2], c, c_out) == "gram":
+                total += self._gram(module, self._unfolded(module, a, padding), G)
+            else:
+                # The per-example weight gradients are the weight gradient of one grouped
+                # convolution with the examples as groups: no unfolded copy of the input.
+                conv_weight = torch.nn.grad.conv1d_weight if a.ndim == 3 else torch.nn.grad.conv2d_weight
+                weight_grad = conv_weight(
+                    a.reshape(1, -1, *a.shape[2:]),
+                    (n * c_out, *module.weight.shape[1:]),
+                    g.reshape(1, -1, *g.shape[2:]),
+                    stride=module.stride,
+                    padding=padding,
+                    dilation=module.dilation,
+                    groups=n,
+                )
+                total += weight_grad.reshape(n, -1).square().sum(dim=1).double()
+        if self._want(module, "bias"):
+            total += G.sum(dim=2).square().sum(dim=1).double()
+        return total
+
+    def _unfolded(self, module, a, padding):
+        """The input patches ``U``, shape ``(n, C kh kw, T)`` (a Conv1d as a Conv2d of height 1)."""
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+        if a.ndim == 3:
+            a = a.unsqueeze(2)
+            kernel, dilation, padding, stride = (
+                (1, *kernel), (1, *dilation), (0, *padding), (1, *stride)
+            )
+        return self._torch.nn.functional.unfold(
+            a, kernel, dilation=dilation, padding=padding, stride=stride
+        )
 
     def _batchnorm(self, module, a, g):
         torch = self._torch
