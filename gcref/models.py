@@ -34,7 +34,9 @@ Under ``torch.distributed`` (initialised by the caller) each process passes its 
 of the data; sums, counts and gradient vectors are all-reduced, so every process gets
 the value of the whole data set, equal to the single-process one. Per-example arrays
 stay those of the process's own shard. The j-th mini-batch of the SGD term is the union
-of every process's j-th batch, as in data-parallel training. In JAX, a single process
+of every process's j-th batch, as in data-parallel training: every process must pass the
+same number of mini-batches (a clear error otherwise, on every process). A process's
+shard may be empty; the whole data set may not. In JAX, a single process
 shards each chunk across ``jax.devices()`` (``shard=True``).
 
 Index conventions: ``N`` examples, ``k`` outputs, ``d`` input features (the product of
@@ -43,6 +45,7 @@ Index conventions: ``N`` examples, ``k`` outputs, ``d`` input features (the prod
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 
@@ -99,17 +102,17 @@ class IGRTerms:
 
     def modified_loss_gd(self, h):
         """``L~_GD = L + (h/4) ||grad L||^2`` for step size ``h``."""
-        h = check_finite_scalar(h, "h", positive=True)
+        h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.full_batch
 
     def modified_loss_sgd(self, h):
         """``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` (equal-sized mini-batches)."""
-        h = check_finite_scalar(h, "h", positive=True)
+        h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.mini_batch
 
     def modified_loss_per_example(self, h):
         """``L + h/(4N) sum_n ||grad_theta l_n||^2`` (seed 000, eq. 6)."""
-        h = check_finite_scalar(h, "h", positive=True)
+        h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.per_example
 
 
@@ -201,15 +204,16 @@ def geometric_complexity(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     values = []
     k = None
-    for X, _ in _chunks(data, chunk_size, need_targets=False):
+    for X, _ in _chunks(data, chunk_size, need_targets=False, allow_empty=True):
         if k is None:
             k = adapter.outputs(X[:1]).shape[1]
         chosen = mode
         if mode == "auto":
             chosen = "forward" if adapter.input_features(X) < k else "reverse"
         values.append(adapter.jacobian_sq_norms(X, chosen))
-    local = np.concatenate(values)
+    local = np.concatenate(values) if values else np.zeros(0)
     total, count = adapter.all_reduce_sum(np.array([local.sum(), local.size], dtype=np.float64))
+    _check_count(count)
     value = float(total / count)
     return Complexity(value, local) if per_example else value
 
@@ -264,17 +268,18 @@ def estimate_geometric_complexity(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     stats = []
     k = None
-    for X, _ in _chunks(data, max(1, chunk_size // n_probes), need_targets=False):
+    for X, _ in _chunks(data, max(1, chunk_size // n_probes), need_targets=False, allow_empty=True):
         if k is None:
             k = adapter.outputs(X[:1]).shape[1]
         probes = _draw_probes(rng, probe, (X.shape[0], n_probes, k))
         s = adapter.probe_sq_norms(X, probes)
         stats.append(k * s if probe == "sphere" else s)
-    stats = np.concatenate(stats)
-    sample_var = np.var(stats, axis=1, ddof=1).sum() if n_probes > 1 else 0.0
+    stats = np.concatenate(stats) if stats else np.zeros((0, n_probes))
+    sample_var = np.var(stats, axis=1, ddof=1).sum() if n_probes > 1 and stats.size else 0.0
     total, var_sum, count = adapter.all_reduce_sum(
         np.array([stats.sum(), sample_var, stats.shape[0]], dtype=np.float64)
     )
+    _check_count(count)
     value = float(total / (count * n_probes))
     stderr = float("nan") if n_probes == 1 else float(np.sqrt(var_sum / (n_probes * count**2)))
     return ComplexityEstimate(value, stderr, n_probes, int(count))
@@ -341,22 +346,33 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
     adapter = wrap(model, params)
     loss = get_loss(loss)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    batches = _minibatches(data, batch_size)
+    batches = iter(_minibatches(data, batch_size))
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
-    for batch in batches:
-        batch_grad, batch_count = None, 0
-        for X, targets in _labelled_chunks(adapter, batch, loss, chunk_size):
+    for j in itertools.count():
+        batch = next(batches, None)
+        # Every process must take part in the same all-reductions: agree first on
+        # whether there is a j-th mini-batch at all.
+        have, world = adapter.all_reduce_sum(np.array([batch is not None, 1.0], dtype=np.float64))
+        if have == 0:
+            break
+        if have != world:
+            raise ValueError(
+                f"every process must pass the same number of mini-batches; {int(world - have)} "
+                f"of {int(world)} processes have no mini-batch {j}"
+            )
+        batch_grad, batch_count = _zero_vector(adapter), 0
+        for X, targets in _labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True):
             _, sq = adapter.loss_grad_sq_norms(X, targets, loss)
             chunk_loss, chunk_grad = adapter.loss_grad_sum(X, targets, loss)
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
-            batch_grad = chunk_grad if batch_grad is None else batch_grad + chunk_grad
+            batch_grad = batch_grad + chunk_grad
             batch_count += X.shape[0]
-        if batch_grad is None:
-            continue
         batch_grad = adapter.all_reduce_sum(batch_grad)
         batch_count = adapter.all_reduce_sum(np.array([batch_count], dtype=np.float64))[0]
+        if batch_count == 0:
+            raise ValueError(f"mini-batch {j} holds no example")
         batch_sq_norms.append(_sq_norm(adapter, batch_grad) / batch_count**2)
         total_grad = batch_grad if total_grad is None else total_grad + batch_grad
         n_total += batch_count
@@ -399,15 +415,13 @@ def loss_hvp(model, data, loss, vector, *, params=None, chunk_size=256):
     if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
         raise ValueError("vector must hold finite floating-point values")
     native = adapter.to_native_vector(vector.astype(np.float64))
-    total, count = None, 0
-    for X, targets in _labelled_chunks(adapter, data, loss, chunk_size):
-        hv = adapter.loss_hvp_sum(X, targets, loss, native)
-        total = hv if total is None else total + hv
+    total, count = _zero_vector(adapter), 0
+    for X, targets in _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True):
+        total = total + adapter.loss_hvp_sum(X, targets, loss, native)
         count += X.shape[0]
-    if total is None:
-        raise ValueError("data holds no example: the Hessian of a mean needs at least one example")
     total = adapter.all_reduce_sum(total)
     count = adapter.all_reduce_sum(np.array([count], dtype=np.float64))[0]
+    _check_count(count)
     return adapter.to_numpy(total).astype(np.float64) / count
 
 
@@ -453,8 +467,13 @@ def _batches(data):
 
 
 def _pair(batch, name):
-    if len(batch) != 2 or not all(_is_array(a) for a in batch):
+    if len(batch) != 2:
         raise TypeError(f"{name} must be a pair (X, y) of arrays; got {len(batch)} items")
+    if not all(_is_array(a) for a in batch):
+        kinds = ", ".join(type(a).__name__ for a in batch)
+        raise TypeError(
+            f"{name} must be a pair (X, y) of arrays; got ({kinds}): convert with numpy.asarray"
+        )
     X, y = batch
     if X.ndim < 2:
         raise ValueError(f"{name}: X must have shape (n, *input_shape); got {tuple(X.shape)}")
@@ -465,8 +484,12 @@ def _pair(batch, name):
     return X, y
 
 
-def _chunks(data, chunk_size, *, need_targets):
-    """Chunks ``(X, y)`` of at most ``chunk_size`` examples; raises on empty data."""
+def _chunks(data, chunk_size, *, need_targets, allow_empty=False):
+    """Chunks ``(X, y)`` of at most ``chunk_size`` examples.
+
+    Empty data raises unless ``allow_empty``: a process's shard may be empty as long as
+    the whole data set is not (the callers check the all-reduced count).
+    """
     seen = False
     for j, (X, y) in enumerate(_batches(data)):
         if X.ndim < 2:
@@ -480,14 +503,14 @@ def _chunks(data, chunk_size, *, need_targets):
         for start in range(0, X.shape[0], chunk_size):
             seen = True
             yield X[start : start + chunk_size], None if y is None else y[start : start + chunk_size]
-    if not seen:
+    if not seen and not allow_empty:
         raise ValueError("data holds no example: the measure is a mean over at least one example")
 
 
-def _labelled_chunks(adapter, data, loss, chunk_size):
+def _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=False):
     """Chunks ``(X, targets)`` with ``targets`` prepared by ``loss`` as float64 ``(n, k)``."""
     k = None
-    for X, y in _chunks(data, chunk_size, need_targets=True):
+    for X, y in _chunks(data, chunk_size, need_targets=True, allow_empty=allow_empty):
         if k is None:
             k = adapter.outputs(X[:1]).shape[1]
         y = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
@@ -509,6 +532,15 @@ def _minibatches(data, batch_size):
     if batch_size is not None:
         raise TypeError("batch_size must be left out when data is an iterable of mini-batches")
     return ([X] if y is None else [(X, y)] for X, y in _batches(data))
+
+
+def _check_count(count):
+    if count == 0:
+        raise ValueError("data holds no example: the measure is a mean over at least one example")
+
+
+def _zero_vector(adapter):
+    return adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
 
 
 def _sq_norm(adapter, vector):

@@ -8,7 +8,9 @@ sums; each rank writes what it got to ``OUT_DIR/rank<r>.npz``. The test then com
 both ranks with one process that sees the whole data set (the union of the shards), to
 ``RTOL`` relative.
 
-Two layouts of the 12 examples: even halves (6 + 6) and uneven ones (4 + 8). The SGD term
+Three layouts of the 12 examples: even halves (6 + 6), uneven ones (4 + 8), and an empty
+shard (0 + 12), whose rank still takes part in every reduction (its per-example arrays
+are empty). A rank that passes fewer mini-batches than the other is refused on both. The SGD term
 has three mini-batches per rank of uneven sizes; its j-th mini-batch is the union of the
 ranks' j-th batches, so the single-process run uses those unions as its batches.
 """
@@ -30,9 +32,9 @@ RTOL = 1e-10
 N, D, HIDDEN, K = 12, 3, 5, 2
 N_PROBES = 3
 #: Shard boundaries: rank r holds examples ``[bounds[r], bounds[r + 1])``.
-LAYOUTS = {"even": (0, 6, 12), "uneven": (0, 4, 12)}
+LAYOUTS = {"even": (0, 6, 12), "uneven": (0, 4, 12), "empty": (0, 0, 12)}
 #: Cut points of each shard into three uneven mini-batches, by layout and rank.
-BATCH_CUTS = {"even": ((1, 4), (2, 3)), "uneven": ((1, 2), (3, 7))}
+BATCH_CUTS = {"even": ((1, 4), (2, 3)), "uneven": ((1, 2), (3, 7)), "empty": ((0, 0), (3, 7))}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -86,9 +88,24 @@ def measure(torch, models, layout, rank):
         "estimate": [est.value, est.stderr, est.n_examples],
         "igr": [terms.loss, terms.full_batch, terms.mini_batch, terms.per_example],
         "igr_counts": [terms.n_examples, terms.n_batches],
-        "loss_grad_sq_norms": models.loss_grad_sq_norms(net, (Xr, yr), "squared", chunk_size=3),
+        # Per-example values are local: an empty shard has none (and nothing to reduce).
+        "loss_grad_sq_norms": (
+            models.loss_grad_sq_norms(net, (Xr, yr), "squared", chunk_size=3)
+            if Xr.shape[0] else np.zeros(0)
+        ),
         "hvp": models.loss_hvp(net, batches, "squared", v, chunk_size=3),
     }
+
+
+def mismatch_refused(torch, models, rank):
+    """1 if ``igr_terms`` refuses rank 0 passing two mini-batches against rank 1's three."""
+    X, y, _ = data_set()
+    batches = [(X[i : i + 2], y[i : i + 2]) for i in range(0, 6 if rank == 0 else 4, 2)]
+    try:
+        models.igr_terms(module(torch), batches, "squared")
+    except ValueError as error:
+        return float("same number of mini-batches" in str(error))
+    return 0.0
 
 
 def run_rank(out_dir):
@@ -110,6 +127,7 @@ def run_rank(out_dir):
         for layout in LAYOUTS:
             for name, value in measure(torch, models, layout, rank).items():
                 results[f"{layout}/{name}"] = np.asarray(value, dtype=np.float64)
+        results["mismatch_refused"] = np.float64(mismatch_refused(torch, models, rank))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -226,6 +244,7 @@ def test_two_processes_give_the_single_process_values(tmp_path):
     from gcref import models
 
     ranks = run_ranks(tmp_path)
+    assert [float(r["mismatch_refused"]) for r in ranks] == [1.0] * WORLD
     for layout in LAYOUTS:
         expected = single_process(torch, models, layout)
         for name, want in expected.items():
@@ -236,7 +255,7 @@ def test_two_processes_give_the_single_process_values(tmp_path):
                     want_here = want[shard(layout, rank)]
                 else:
                     want_here = want
-                scale = np.max(np.abs(want_here))
+                scale = np.max(np.abs(want_here), initial=0.0)
                 np.testing.assert_allclose(
                     got, want_here, rtol=RTOL, atol=RTOL * scale,
                     err_msg=f"{name}, {layout} shards, rank {rank}",
