@@ -131,7 +131,8 @@ def loop_references(model, X, labels):
         jac.append(float(J.square().sum()))
         f = model(x[None])[0]
         out_norms.append(sum(
-            float(sum(g.square().sum() for g in torch.autograd.grad(f[o], params, retain_graph=True)))
+            float(sum(g.square().sum()
+                      for g in torch.autograd.grad(f[o], params, retain_graph=True)))
             for o in range(f.shape[0])
         ))
         loss = torch.logsumexp(f, 0) - f[int(label)]
@@ -215,11 +216,12 @@ def test_network_measures_equal_per_example_loops(network, norm_method, fallback
 
 def test_probe_estimate_is_the_mean_of_vjp_norms(network):
     model, X, _ = network
-    probes = np.random.default_rng(5).normal(size=(X.shape[0], 2, 4 if hasattr(model, "layer1") else 3))
+    k = TorchModel(model).outputs(X[:1]).shape[1]
+    probes = np.random.default_rng(5).normal(size=(X.shape[0], 2, k))
     values = TorchModel(model).probe_sq_norms(X, probes)
     model.eval()
     for n, x in enumerate(torch.as_tensor(X)):
-        J = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x).reshape(probes.shape[2], -1)
+        J = torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x).reshape(k, -1)
         expected = np.square(probes[n] @ J.numpy()).sum(axis=1)
         assert_close(values[n], expected)
 
@@ -275,11 +277,12 @@ class TiedModel(torch.nn.Module):
 
 
 class InPlaceModel(torch.nn.Module):
-    """A BatchNorm whose output an in-place ReLU overwrites, as in torchvision's ResNets."""
+    """A BatchNorm whose output an in-place ReLU overwrites, as in torchvision's ResNets
+    (after a convolution with ``padding="valid"``)."""
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.conv = torch.nn.Conv2d(2, 3, 3, padding="valid", bias=False)
         self.bn = torch.nn.BatchNorm2d(3)
         self.relu = torch.nn.ReLU(inplace=True)
         self.head = torch.nn.Linear(3, 2)
@@ -339,14 +342,16 @@ def test_every_data_form_and_chunk_size_gives_the_same_numbers():
     expected = None
     for chunk_size in (1, 2, 5):
         for name, (unlabelled, labelled) in forms.items():
+            loss, c = "softmax_cross_entropy", chunk_size
             results = np.concatenate([
-                gm.geometric_complexity(model, unlabelled, chunk_size=chunk_size, per_example=True).per_example,
-                gm.output_grad_sq_norms(model, unlabelled, chunk_size=chunk_size),
-                gm.loss_grad_sq_norms(model, labelled, "softmax_cross_entropy", chunk_size=chunk_size),
-                gm.loss_hvp(model, labelled, "softmax_cross_entropy",
-                            np.ones(gm.parameter_vector(model).shape), chunk_size=chunk_size),
+                gm.geometric_complexity(model, unlabelled, chunk_size=c,
+                                        per_example=True).per_example,
+                gm.output_grad_sq_norms(model, unlabelled, chunk_size=c),
+                gm.loss_grad_sq_norms(model, labelled, loss, chunk_size=c),
+                gm.loss_hvp(model, labelled, loss, np.ones(gm.parameter_vector(model).shape),
+                            chunk_size=c),
                 [gm.estimate_geometric_complexity(model, unlabelled, np.random.default_rng(0),
-                                                  n_probes=2, chunk_size=chunk_size).value],
+                                                  n_probes=2, chunk_size=c).value],
             ])
             if expected is None:
                 expected = results
