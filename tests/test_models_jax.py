@@ -1,0 +1,344 @@
+"""gcref.models on JAX apply functions (issue 7): the JaxModel adapter and gcref.nets.jax.
+
+On gcref MLPs every measure is compared with the NumPy reference (hand-derived
+analytic derivatives); on the small CNN with loops over single examples (jax.jacrev
+per example, jax.grad per example, Hessian-vector products by central differences of
+the gradient). Shapes are fixed (N = 7 examples, chunks of 3 so that the last chunk is
+padded) because JAX compiles once per shape.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.flatten_util import ravel_pytree
+
+import gcref
+import gcref.models as gm
+from gcref.backends.jax import JaxModel
+from gcref.mlp import flatten_params, unflatten_params
+from gcref.nets.jax import mlp, mlp_apply_from_gcref, small_cnn
+from gcref.tolerances import tolerance
+
+RTOL, ATOL = tolerance(np.float64)
+N, CHUNK = 7, 3
+
+#: One architecture per loss; the first has d > k (reverse mode), the second d < k.
+MLP_CASES = {
+    "tanh-squared": (gcref.MLP((3, 5, 2), activation="tanh"), "squared"),
+    "softplus-softmax": (gcref.MLP((2, 6, 4), activation="softplus"), "softmax_cross_entropy"),
+    "relu-logistic": (gcref.MLP((4, 3, 1), activation="relu"), "logistic"),
+}
+
+
+def assert_close(value, reference, rtol=RTOL, atol=ATOL):
+    np.testing.assert_allclose(value, reference, rtol=rtol, atol=atol)
+
+
+def targets_for(loss, rng, n, k):
+    if loss == "squared":
+        return rng.normal(size=(n, k))
+    return rng.integers(0, 2 if loss == "logistic" else k, size=n)
+
+
+@st.composite
+def mlp_problems(draw):
+    """A case of ``MLP_CASES`` with parameters at a drawn scale, N inputs and targets."""
+    name = draw(st.sampled_from(sorted(MLP_CASES)))
+    net, loss = MLP_CASES[name]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from((0.5, 1.0, 2.0)))
+    params = net.init(rng, scheme="lecun_normal", scale=scale, bias="normal")
+    X = rng.normal(size=(N, net.input_dim))
+    return net, params, X, targets_for(loss, rng, N, net.output_dim), loss, rng
+
+
+@given(mlp_problems(), st.sampled_from(["gaussian", "rademacher", "sphere"]))
+def test_every_measure_matches_the_numpy_reference_on_mlps(problem, probe):
+    net, params, X, y, loss, rng = problem
+    apply, tree = mlp_apply_from_gcref(net, params)
+    kw = dict(params=tree, chunk_size=CHUNK)
+
+    reference = gcref.geometric_complexity(net, params, X, per_example=True)
+    for mode in ("reverse", "forward", "auto"):
+        gc = gm.geometric_complexity(apply, X, mode=mode, per_example=True, **kw)
+        assert_close(gc.per_example, reference.per_example)
+        assert_close(gc.value, reference.value)
+    assert_close(gm.dirichlet_energy(apply, X, **kw), gcref.dirichlet_energy(net, params, X))
+
+    seed = int(rng.integers(2**32))
+    estimate = gm.estimate_geometric_complexity(
+        apply, X, np.random.default_rng(seed), n_probes=3, probe=probe, **kw
+    )
+    expected = gcref.estimate_geometric_complexity(
+        net, params, X, np.random.default_rng(seed), n_probes=3, probe=probe
+    )
+    assert_close([estimate.value, estimate.stderr], [expected.value, expected.stderr])
+    assert (estimate.n_probes, estimate.n_examples) == (3, N)
+
+    assert_close(
+        gm.output_grad_sq_norms(apply, X, **kw), gcref.param_grad_sq_norms(net, params, X).total
+    )
+    assert_close(
+        gm.loss_grad_sq_norms(apply, (X, y), loss, **kw),
+        gcref.loss_grad_sq_norms(net, params, X, y, loss).total,
+    )
+
+    # MATH.md section 5 with h = 4: each modified loss minus L is the penalty itself.
+    terms = gm.igr_terms(apply, (X, y), loss, batch_size=2, **kw)
+    mean_loss = gcref.mean_loss(net, params, X, y, loss)
+    batches = [np.arange(s, min(s + 2, N)) for s in range(0, N, 2)]
+    assert_close(terms.loss, mean_loss)
+    assert_close(terms.full_batch, gcref.modified_loss_gd(net, params, X, y, loss, 4.0) - mean_loss)
+    assert_close(
+        terms.mini_batch,
+        gcref.modified_loss_sgd(net, params, X, y, loss, 4.0, batches) - mean_loss,
+    )
+    assert_close(
+        terms.per_example,
+        gcref.modified_loss_per_example(net, params, X, y, loss, 4.0) - mean_loss,
+    )
+    assert (terms.n_examples, terms.n_batches) == (N, 4)
+
+    assert_close(gm.parameter_vector(apply, params=tree), flatten_params(params))
+    v = rng.normal(size=net.n_params)
+    expected_hv = gcref.loss_hvp(net, params, X, y, loss, unflatten_params(v, params))
+    assert_close(gm.loss_hvp(apply, (X, y), loss, v, **kw), flatten_params(expected_hv))
+
+
+# -- the small CNN against loops over single examples --------------------------------
+
+
+def softmax_cross_entropy(f, label):
+    """``logsumexp(f) - f_y`` for one example, written here independently of gcref."""
+    return jax.nn.logsumexp(f) - f[label]
+
+
+@pytest.fixture(scope="module")
+def cnn_problem():
+    init, apply = small_cnn(in_channels=2, num_classes=3, width=4)
+    rng = np.random.default_rng(0)
+    params = init(jax.random.key(0), (6, 6, 2), dtype=np.float64)
+    # Non-zero biases, as NumPy leaves: JaxModel takes any arrays.
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a) + 0.1 * rng.normal(size=a.shape), params)
+    X = rng.normal(size=(N, 6, 6, 2))
+    y = rng.integers(0, 3, size=N)
+    return apply, params, X, y
+
+
+def per_example_references(apply, params, X, y, probes):
+    """Input Jacobians, probe statistics, gradients of f and of l: one example at a time.
+
+    Each single-example function is jitted only to compile it once for the loop.
+    """
+    input_jacobian = jax.jit(jax.jacrev(lambda p, x: apply(p, x[None])[0], argnums=1))
+    param_jacobian = jax.jit(jax.jacrev(lambda p, x: apply(p, x[None])[0]))
+    loss_and_grad = jax.jit(
+        jax.value_and_grad(lambda p, x, label: softmax_cross_entropy(apply(p, x[None])[0], label))
+    )
+    with jax.enable_x64(True):
+        jac_sq, probe_stats, out_sq, loss_values, loss_grads = [], [], [], [], []
+        for x, label, v in zip(X, y, probes):
+            J = np.asarray(input_jacobian(params, x)).reshape(3, -1)
+            jac_sq.append(np.sum(J**2))
+            probe_stats.append(np.sum((v @ J) ** 2, axis=1))
+            dtheta_f = param_jacobian(params, x)
+            out_sq.append(sum(np.sum(np.asarray(a) ** 2) for a in jax.tree_util.tree_leaves(dtheta_f)))
+            value, grad = loss_and_grad(params, x, label)
+            loss_values.append(float(value))
+            loss_grads.append(np.asarray(ravel_pytree(grad)[0]))
+    return (
+        np.array(jac_sq),
+        np.array(probe_stats),
+        np.array(out_sq),
+        np.array(loss_values),
+        np.array(loss_grads),
+    )
+
+
+def mean_gradients(apply, thetas, unravel, X, y):
+    """``grad L`` at each of the flat parameters ``thetas``, by a loop over examples, flat."""
+    grad = jax.jit(
+        jax.grad(lambda t, x, label: softmax_cross_entropy(apply(unravel(t), x[None])[0], label))
+    )
+    with jax.enable_x64(True):
+        return [
+            sum(np.asarray(grad(theta, x, label)) for x, label in zip(X, y)) / len(X)
+            for theta in thetas
+        ]
+
+
+def test_small_cnn_measures_match_per_example_loops(cnn_problem):
+    apply, params, X, y = cnn_problem
+    loss = "softmax_cross_entropy"
+    kw = dict(params=params, chunk_size=CHUNK)
+    rng = np.random.default_rng(1)
+    probes = rng.standard_normal((N, 4, 3))
+    jac_sq, probe_stats, out_sq, loss_values, loss_grads = per_example_references(
+        apply, params, X, y, probes
+    )
+
+    for mode in ("reverse", "forward"):
+        gc = gm.geometric_complexity(apply, X, mode=mode, per_example=True, **kw)
+        assert_close(gc.per_example, jac_sq)
+    assert_close(gm.dirichlet_energy(apply, X, **kw), jac_sq.mean() / 2)
+
+    estimate = gm.estimate_geometric_complexity(apply, X, np.random.default_rng(1), n_probes=4, **kw)
+    stderr = np.sqrt(np.sum(np.var(probe_stats, axis=1, ddof=1)) / (4 * N**2))
+    assert_close([estimate.value, estimate.stderr], [probe_stats.mean(), stderr])
+
+    assert_close(gm.output_grad_sq_norms(apply, X, **kw), out_sq)
+    assert_close(gm.loss_grad_sq_norms(apply, (X, y), loss, **kw), np.sum(loss_grads**2, axis=1))
+
+    terms = gm.igr_terms(apply, (X, y), loss, batch_size=2, **kw)
+    batch_grads = [loss_grads[s : s + 2].mean(axis=0) for s in range(0, N, 2)]
+    assert_close(terms.loss, loss_values.mean())
+    assert_close(terms.full_batch, np.sum(loss_grads.mean(axis=0) ** 2))
+    assert_close(terms.mini_batch, np.mean([np.sum(g**2) for g in batch_grads]))
+    assert_close(terms.per_example, np.mean(np.sum(loss_grads**2, axis=1)))
+
+    eps = 1e-6
+    with jax.enable_x64(True):
+        theta, unravel = ravel_pytree(params)
+        assert_close(gm.parameter_vector(apply, params=params), np.asarray(theta))
+        v = rng.normal(size=theta.shape[0])
+    gradients = mean_gradients(apply, [np.asarray(theta) + s * eps * v for s in (1, -1)], unravel, X, y)
+    fd = (gradients[0] - gradients[1]) / (2 * eps)
+    hv = gm.loss_hvp(apply, (X, y), loss, v, **kw)
+    assert np.linalg.norm(hv - fd) <= 1e-6 * np.linalg.norm(fd)
+
+
+# -- streaming, compilation, float32 ----------------------------------------------------
+
+
+def test_results_do_not_depend_on_chunking_or_batching(cnn_problem):
+    apply, params, X, y = cnn_problem
+    loss = "softmax_cross_entropy"
+    batches = [(X[s : s + 2], y[s : s + 2]) for s in range(0, N, 2)]
+    gc = gm.geometric_complexity(apply, X, params=params, chunk_size=CHUNK, per_example=True)
+    terms = gm.igr_terms(apply, (X, y), loss, params=params, batch_size=2, chunk_size=CHUNK)
+    norms = gm.loss_grad_sq_norms(apply, (X, y), loss, params=params, chunk_size=CHUNK)
+    # Chunks of 1 and 2 are padded to the compiled 3: chunking, padding and masking at once.
+    for chunk_size in (1, 2):
+        assert_close(
+            gm.geometric_complexity(
+                apply, X, params=params, chunk_size=chunk_size, per_example=True
+            ).per_example,
+            gc.per_example,
+        )
+        assert_close(
+            gm.loss_grad_sq_norms(apply, batches, loss, params=params, chunk_size=chunk_size), norms
+        )
+        streamed = gm.igr_terms(apply, iter(batches), loss, params=params, chunk_size=chunk_size)
+        for field in ("loss", "full_batch", "mini_batch", "per_example"):
+            assert_close(getattr(streamed, field), getattr(terms, field))
+        assert (streamed.n_examples, streamed.n_batches) == (N, 4)
+    assert_close(
+        gm.geometric_complexity(apply, [X[:4], X[4:]], params=params, chunk_size=CHUNK), gc.value
+    )
+
+
+def test_each_primitive_compiles_once_per_shape_and_pads_the_last_chunk():
+    net = gcref.MLP((3, 4, 2), activation="tanh")
+    params = net.init(np.random.default_rng(2))
+    traces = []
+
+    def counted(p, x):
+        traces.append(x.shape)
+        return mlp_apply_from_gcref(net, params)[0](p, x)
+
+    X = np.random.default_rng(3).normal(size=(N, 3))
+    first = gm.geometric_complexity(counted, X, params=params, chunk_size=CHUNK, mode="reverse")
+    # outputs(X[:1]) for k, then the Jacobian primitive once: chunks 3, 3 and the last
+    # chunk of 1 padded to 3.
+    assert traces == [(1, 3), (3, 3)]
+    again = gm.geometric_complexity(counted, X[:5], params=params, chunk_size=CHUNK, mode="reverse")
+    assert traces == [(1, 3), (3, 3)]
+    assert_close(first, gcref.geometric_complexity(net, params, X))
+    assert_close(again, gcref.geometric_complexity(net, params, X[:5]))
+
+
+def test_float32_models_stay_float32_and_agree_with_the_float64_reference():
+    net, loss = MLP_CASES["softplus-softmax"]
+    rng = np.random.default_rng(8)
+    params = net.init(rng, bias="normal")
+    X, y = rng.normal(size=(N, net.input_dim)), targets_for(loss, rng, N, net.output_dim)
+    apply, _ = mlp_apply_from_gcref(net, params)
+    model = JaxModel(apply, jax.tree_util.tree_map(lambda a: a.astype(np.float32), params))
+    assert model.dtype == np.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(model.params))
+    assert not model.shard  # one CPU device here
+    X32 = X.astype(np.float32)
+    gc = gm.geometric_complexity(model, X32, chunk_size=CHUNK, per_example=True)
+    assert gc.per_example.dtype == np.float64
+    rtol, atol = tolerance(np.float32)
+    reference = gcref.geometric_complexity(net, params, X, per_example=True)
+    assert_close(gc.per_example, reference.per_example, rtol=rtol, atol=atol)
+    terms = gm.igr_terms(model, (X32, y), loss, batch_size=2, chunk_size=CHUNK)
+    mean_loss = gcref.mean_loss(net, params, X, y, loss)
+    expected = gcref.modified_loss_gd(net, params, X, y, loss, 4.0) - mean_loss
+    assert_close([terms.loss, terms.full_batch], [mean_loss, expected], rtol=rtol, atol=atol)
+
+
+def test_project_mlp_equals_the_gcref_mlp_with_transposed_weights():
+    init, apply = mlp((3, 5, 2), activation="tanh")
+    assert mlp([3, 5, 2], "tanh")[1] is apply  # cached: compilations are reused
+    tree = init(jax.random.key(4), (3,), dtype=np.float64)
+    params = tuple((np.asarray(layer["w"]).T, np.asarray(layer["b"])) for layer in tree)
+    X = np.random.default_rng(5).normal(size=(N, 3))
+    assert_close(
+        gm.geometric_complexity(apply, X, params=tree),
+        gcref.geometric_complexity(gcref.MLP((3, 5, 2), activation="tanh"), params, X),
+    )
+    with pytest.raises(ValueError, match="input_shape"):
+        init(jax.random.key(0), (4,))
+
+
+# -- clear errors ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_mlp():
+    net = gcref.MLP((3, 4, 2), activation="tanh")
+    params = net.init(np.random.default_rng(6))
+    apply, tree = mlp_apply_from_gcref(net, params)
+    return apply, tree
+
+
+@pytest.mark.parametrize(
+    "params, error, message",
+    [
+        ({"w": np.ones((3, 2), dtype=np.int64)}, TypeError, r"params\['w'\] has dtype int64"),
+        ({"w": np.ones(3), "s": "scale"}, TypeError, r"params\['s'\] is a str"),
+        ({"w": np.ones(3), "b": np.ones(2, dtype=np.float32)}, TypeError, "share one dtype"),
+        ({"w": np.array([1.0, np.nan])}, ValueError, r"params\['w'\] contains NaN"),
+        ({}, ValueError, "at least one array leaf"),
+    ],
+    ids=["integer-leaf", "string-leaf", "mixed-dtypes", "nan", "empty"],
+)
+def test_bad_params_are_refused_by_name(params, error, message):
+    with pytest.raises(error, match=message):
+        JaxModel(lambda p, x: x, params)
+
+
+def test_bad_inputs_and_outputs_are_refused(small_mlp):
+    apply, tree = small_mlp
+    X = np.random.default_rng(7).normal(size=(4, 3))
+    with pytest.raises(TypeError, match="X must hold floating-point values"):
+        gm.geometric_complexity(apply, np.ones((4, 3), dtype=np.int64), params=tree)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        gm.geometric_complexity(apply, X.astype(np.float32), params=tree)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        gm.geometric_complexity(apply, np.where(X > 1, np.inf, X), params=tree)
+    with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1,\)"):
+        gm.geometric_complexity(lambda p, x: apply(p, x)[:, 0], X, params=tree, chunk_size=4)
+    with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1, 2\)"):
+        gm.geometric_complexity(lambda p, x: apply(p, x)[:1], X, params=tree, chunk_size=4)
+    with pytest.raises(TypeError, match="apply must be a function"):
+        JaxModel("not a function", tree)
+    with pytest.raises(ValueError, match="mode must be"):
+        JaxModel(apply, tree).jacobian_sq_norms(X, "sideways")
