@@ -124,7 +124,9 @@ def cnn_problem():
     rng = np.random.default_rng(0)
     params = init(jax.random.key(0), (6, 6, 2), dtype=np.float64)
     # Non-zero biases, as NumPy leaves: JaxModel takes any arrays.
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a) + 0.1 * rng.normal(size=a.shape), params)
+    params = jax.tree_util.tree_map(
+        lambda a: np.asarray(a) + 0.1 * rng.normal(size=a.shape), params
+    )
     X = rng.normal(size=(N, 6, 6, 2))
     y = rng.integers(0, 3, size=N)
     return apply, params, X, y
@@ -147,7 +149,8 @@ def per_example_references(apply, params, X, y, probes):
             jac_sq.append(np.sum(J**2))
             probe_stats.append(np.sum((v @ J) ** 2, axis=1))
             dtheta_f = param_jacobian(params, x)
-            out_sq.append(sum(np.sum(np.asarray(a) ** 2) for a in jax.tree_util.tree_leaves(dtheta_f)))
+            leaves = jax.tree_util.tree_leaves(dtheta_f)
+            out_sq.append(sum(np.sum(np.asarray(a) ** 2) for a in leaves))
             value, grad = loss_and_grad(params, x, label)
             loss_values.append(float(value))
             loss_grads.append(np.asarray(ravel_pytree(grad)[0]))
@@ -187,7 +190,9 @@ def test_small_cnn_measures_match_per_example_loops(cnn_problem):
         assert_close(gc.per_example, jac_sq)
     assert_close(gm.dirichlet_energy(apply, X, **kw), jac_sq.mean() / 2)
 
-    estimate = gm.estimate_geometric_complexity(apply, X, np.random.default_rng(1), n_probes=4, **kw)
+    estimate = gm.estimate_geometric_complexity(
+        apply, X, np.random.default_rng(1), n_probes=4, **kw
+    )
     stderr = np.sqrt(np.sum(np.var(probe_stats, axis=1, ddof=1)) / (4 * N**2))
     assert_close([estimate.value, estimate.stderr], [probe_stats.mean(), stderr])
 
@@ -206,7 +211,8 @@ def test_small_cnn_measures_match_per_example_loops(cnn_problem):
         theta, unravel = ravel_pytree(params)
         assert_close(gm.parameter_vector(apply, params=params), np.asarray(theta))
         v = rng.normal(size=theta.shape[0])
-    gradients = mean_gradients(apply, [np.asarray(theta) + s * eps * v for s in (1, -1)], unravel, X, y)
+    thetas = [np.asarray(theta) + s * eps * v for s in (1, -1)]
+    gradients = mean_gradients(apply, thetas, unravel, X, y)
     fd = (gradients[0] - gradients[1]) / (2 * eps)
     hv = gm.loss_hvp(apply, (X, y), loss, v, **kw)
     assert np.linalg.norm(hv - fd) <= 1e-6 * np.linalg.norm(fd)

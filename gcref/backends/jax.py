@@ -319,7 +319,10 @@ class JaxModel(ModelAdapter):
         JAX, Flax (``model.apply`` with its variables) or Equinox (``lambda m, x:
         jax.vmap(m)(x)``).
     params : pytree of float32 or float64 arrays
-        All leaves of one dtype, finite. Inputs must have the same dtype.
+        All leaves of one dtype, finite (no integer, function or other leaf: for an
+        Equinox module, ``params, rest = eqx.partition(model, eqx.is_inexact_array)``
+        and ``apply = lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``). Inputs must
+        have the same dtype.
     shard : bool, optional
         Place each chunk with a ``NamedSharding`` over a 1-D mesh of all of
         ``jax.devices()`` along the batch axis (parameters replicated), so that one
@@ -362,7 +365,9 @@ class JaxModel(ModelAdapter):
         from gcref.backends import get_backend
 
         if not callable(apply):
-            raise TypeError(f"apply must be a function apply(params, x); got {type(apply).__name__}")
+            raise TypeError(
+                f"apply must be a function apply(params, x); got {type(apply).__name__}"
+            )
         try:
             hash(apply)
         except TypeError:
@@ -522,7 +527,9 @@ class JaxModel(ModelAdapter):
         vector = np.asarray(vector, dtype=np.float64)
         p = sum(int(np.prod(s)) for s in self._shapes)
         if vector.shape != (p,):
-            raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
+            raise ValueError(
+                f"vector must have shape ({p},), one entry per parameter; got {vector.shape}"
+            )
         return vector
 
     def to_numpy(self, x):
@@ -545,11 +552,14 @@ def _checked_param_leaves(jax, params):
         where = f"params{jax.tree_util.keystr(path)}"
         if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
             raise TypeError(
-                f"params must be a pytree of float arrays; {where} is a {type(leaf).__name__}"
+                f"params must be a pytree of float arrays; {where} is a {type(leaf).__name__} "
+                "(for an Equinox module, pass eqx.partition(model, eqx.is_inexact_array)[0] as "
+                "params and eqx.combine it with the rest inside apply)"
             )
         if leaf.dtype not in (np.float32, np.float64):
             raise TypeError(
-                f"params must be a pytree of float32 or float64 arrays; {where} has dtype {leaf.dtype}"
+                f"params must be a pytree of float32 or float64 arrays; {where} has dtype "
+                f"{leaf.dtype}"
             )
         if dtype is not None and leaf.dtype != dtype:
             raise TypeError(

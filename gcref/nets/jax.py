@@ -1,7 +1,8 @@
 """An MLP and a small CNN in plain JAX, as ``(init, apply)`` pairs, for validation and benchmarks.
 
 ``init(key, input_shape, dtype=numpy.float32)`` returns a parameter pytree for examples of
-shape ``input_shape`` (``key`` a JAX PRNG key or a ``numpy.random.Generator``); ``apply(params, x)`` maps a batch ``x`` of shape
+shape ``input_shape`` (``key`` a JAX PRNG key or a ``numpy.random.Generator``);
+``apply(params, x)`` maps a batch ``x`` of shape
 ``(n, *input_shape)`` to outputs of shape ``(n, k)``: the form :mod:`gcref.models` takes.
 The factories are cached, so that equal arguments give the same ``apply`` function and
 :class:`gcref.backends.jax.JaxModel` reuses its compilations.
@@ -83,7 +84,9 @@ def _mlp(sizes, act):
     def init(key, input_shape, dtype=np.float32):
         dtype = check_dtype(dtype)
         if tuple(input_shape) != (sizes[0],):
-            raise ValueError(f"input_shape must be ({sizes[0]},) for sizes {sizes}; got {input_shape}")
+            raise ValueError(
+                f"input_shape must be ({sizes[0]},) for sizes {sizes}; got {input_shape}"
+            )
         rng = _generator(key)
         with _dtype_scope(dtype):
             return [
@@ -198,6 +201,8 @@ def mlp_apply_from_gcref(mlp_description, params):
         :func:`gcref.models.parameter_vector` equals :func:`gcref.mlp.flatten_params`.
     """
     if not isinstance(mlp_description, MLP):
-        raise TypeError(f"mlp_description must be a gcref.MLP; got {type(mlp_description).__name__}")
+        raise TypeError(
+            f"mlp_description must be a gcref.MLP; got {type(mlp_description).__name__}"
+        )
     params = mlp_description.check_params(params)
     return _gcref_mlp_apply(mlp_description), tuple(tuple(pair) for pair in params)
