@@ -35,8 +35,10 @@ The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster
 Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds, each
 timing every method once in turn (interleaved, so that load from other processes falls on
 all of them alike); the median is reported with the spread. On CUDA, the device is
-synchronised around every timing and TF32 is off unless ``--tf32``. The accuracy of the
-chosen dtype against float64 is measured on the first ``--check-n`` examples.
+synchronised around every timing and TF32 is off unless ``--tf32``; on the CPU, torch uses
+one thread unless ``--threads`` says otherwise (on a shared machine, two threads can be ten
+times slower than one). The accuracy of the chosen dtype against float64 is measured on
+the first ``--check-n`` examples.
 
 This is a measurement, not a test::
 
@@ -495,10 +497,12 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=sorted(AGREEMENT_RTOL))
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (off by default)")
+    meaning_of_none = {"alt_n": "all N", "threads": "torch's default"}
     for key, value in CPU_SETTING.items():
+        defaults = [meaning_of_none.get(key, v) if v is None else v
+                    for v in (value, FULL_SETTING[key])]
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
-                            help=f"default {value} (with --full: {FULL_SETTING[key]}; None: all "
-                            "examples for alt-n, torch's own default for threads)")
+                            help=f"default {defaults[0]} (with --full: {defaults[1]})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for key, value in (FULL_SETTING if args.full else CPU_SETTING).items():
