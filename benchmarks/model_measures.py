@@ -215,7 +215,11 @@ def loop_methods(model, X, y, probe_seed):
             out.append(sum(g.pow(2).sum() for g in grads))
         return torch.stack(out).double().cpu().numpy()
 
-    return {"exact GC": exact, "1-probe GC": probe, "grad norms": norms}
+    return [
+        ("exact GC", "per-example loop", exact),
+        ("1-probe GC", "per-example loop", probe),
+        ("grad norms", "per-example loop", norms),
+    ]
 
 
 def torch_func_methods(model, X, y, chunk_size, probe_seed):
@@ -259,19 +263,33 @@ def torch_func_methods(model, X, y, chunk_size, probe_seed):
             out.append(sum(per_example_sq(t) for t in g.values()))
         return np.concatenate(out)
 
-    return {"exact GC": exact, "1-probe GC": probe, "grad norms": norms}
+    return [
+        ("exact GC", "torch.func vmap(jacrev)", exact),
+        ("1-probe GC", "torch.func vmap(grad v.f)", probe),
+        ("grad norms", "torch.func vmap(grad l)", norms),
+    ]
 
 
 def batched_backward_methods(model, X, chunk_size, probe_seed):
-    """Backward passes over a whole chunk with respect to the input only (no weight gradient)."""
+    """Backward passes over a whole chunk with respect to the input only (no weight gradient).
+
+    For exact GC, either k backward passes with one-hot cotangents, or one backward pass
+    vmapped over the k cotangents (``is_grads_batched``).
+    """
     import torch
 
-    def exact(n):
+    def exact(n, batched_cotangents=False):
         model.eval()
         out = []
         for a, b in chunks(n, chunk_size):
             x = X[a:b].detach().requires_grad_(True)
             f = model(x)
+            if batched_cotangents:
+                basis = torch.eye(K, dtype=f.dtype, device=f.device)
+                (g,) = torch.autograd.grad(f, x, basis[:, None, :].expand(K, b - a, K),
+                                           is_grads_batched=True)
+                out.append(g.flatten(2).pow(2).sum(dim=(0, 2)).double())
+                continue
             sq = torch.zeros(b - a, dtype=torch.float64, device=X.device)
             for c in range(K):
                 (g,) = torch.autograd.grad(f[:, c].sum(), x, retain_graph=c < K - 1)
@@ -289,7 +307,11 @@ def batched_backward_methods(model, X, chunk_size, probe_seed):
             out.append(per_example_sq(g))
         return float(np.concatenate(out).mean())
 
-    return {"exact GC": exact, "1-probe GC": probe}
+    return [
+        ("exact GC", "k one-hot backward passes", exact),
+        ("exact GC", "is_grads_batched backward", lambda n: exact(n, batched_cotangents=True)),
+        ("1-probe GC", "one batched backward", probe),
+    ]
 
 
 # -- timing and checks ----------------------------------------------------------------------
@@ -364,29 +386,17 @@ def benchmark_model(name, args, device, dtype, log):
     gcref = {m: Method(m, "gcref", run, n)
              for m, run in gcref_methods(model, X, y, chunk, args.seed).items()}
     families = [
-        ("per-example loop", loop_n, loop_methods(model, X, y, args.seed)),
-        ("torch.func", alt_n, torch_func_methods(model, X, y, chunk, args.seed)),
-        ("batched backward", alt_n, batched_backward_methods(model, X, chunk, args.seed)),
+        (loop_n, loop_methods(model, X, y, args.seed)),
+        (alt_n, torch_func_methods(model, X, y, chunk, args.seed)),
+        (alt_n, batched_backward_methods(model, X, chunk, args.seed)),
     ]
-    alternatives = [Method(m, ALT_LABELS[family, m], run, m_n)
-                    for family, m_n, runs in families for m, run in runs.items()]
+    alternatives = [Method(measure, label, run, family_n)
+                    for family_n, runs in families for measure, label, run in runs]
     run_methods([baseline, *gcref.values(), *alternatives], args.repeats, 2 * chunk, device, log)
     check_agreement(gcref, alternatives, agreement_rtol(args))
     report(baseline, gcref, alternatives, n, log)
     accuracy_against_float64(model, X, y, args, log)
     log(f"  ({time.perf_counter() - started:.0f} s for this model)")
-
-
-ALT_LABELS = {
-    ("per-example loop", "exact GC"): "per-example loop",
-    ("per-example loop", "1-probe GC"): "per-example loop",
-    ("per-example loop", "grad norms"): "per-example loop",
-    ("torch.func", "exact GC"): "torch.func vmap(jacrev)",
-    ("torch.func", "1-probe GC"): "torch.func vmap(grad v.f)",
-    ("torch.func", "grad norms"): "torch.func vmap(grad l)",
-    ("batched backward", "exact GC"): "k one-hot backward passes",
-    ("batched backward", "1-probe GC"): "one batched backward",
-}
 
 
 def agreement_rtol(args):
