@@ -6,8 +6,9 @@ the functions here take a model you built yourself:
 - a ``torch.nn.Module`` (``params`` left out: the module's own parameters that require
   grad are theta);
 - a JAX function ``apply(params, x)`` on a batch ``x``, with its parameter pytree
-  ``params`` (plain JAX, Flax ``model.apply`` with its variables, an Equinox model
-  called through ``lambda m, x: jax.vmap(m)(x)``).
+  ``params`` (plain JAX; Flax ``model.apply`` with its variables; an Equinox model split
+  by ``params, rest = eqx.partition(model, eqx.is_inexact_array)`` and applied as
+  ``lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``).
 
 Every measure is written once here on the per-chunk primitives of
 :class:`gcref.backends._base.ModelAdapter`; the adapters live in
@@ -206,7 +207,7 @@ def geometric_complexity(
     k = None
     for X, _ in _chunks(data, chunk_size, need_targets=False, allow_empty=True):
         if k is None:
-            k = adapter.outputs(X[:1]).shape[1]
+            k = adapter.output_dim(X)
         chosen = mode
         if mode == "auto":
             chosen = "forward" if adapter.input_features(X) < k else "reverse"
@@ -270,7 +271,7 @@ def estimate_geometric_complexity(
     k = None
     for X, _ in _chunks(data, max(1, chunk_size // n_probes), need_targets=False, allow_empty=True):
         if k is None:
-            k = adapter.outputs(X[:1]).shape[1]
+            k = adapter.output_dim(X)
         probes = _draw_probes(rng, probe, (X.shape[0], n_probes, k))
         s = adapter.probe_sq_norms(X, probes)
         stats.append(k * s if probe == "sphere" else s)
@@ -512,7 +513,7 @@ def _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=False):
     k = None
     for X, y in _chunks(data, chunk_size, need_targets=True, allow_empty=allow_empty):
         if k is None:
-            k = adapter.outputs(X[:1]).shape[1]
+            k = adapter.output_dim(X)
         y = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
         yield X, loss.prepare_targets(y, X.shape[0], k, np.float64)
 

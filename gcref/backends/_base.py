@@ -172,7 +172,10 @@ class ModelAdapter:
     Index conventions: ``n`` examples in the chunk, ``k`` outputs, ``d`` input features
     (the product of ``input_shape``), ``P`` probes, ``p`` parameters; ``J(x) = df/dx`` of
     shape ``(k, d)``; ``J_theta(x) = df/dtheta`` of shape ``(k, p)``. Parameters are
-    flattened in one fixed order (:meth:`parameter_vector`).
+    flattened in one fixed order (:meth:`parameter_vector`). "Native vectors" are whatever
+    the adapter adds with ``+`` and converts with :meth:`to_numpy` (a float64 tensor on the
+    model's device in torch; a float64 NumPy array in JAX, whose float64 exists only
+    inside ``jax.enable_x64``).
 
     Every example must be computed independently of the others in its chunk (a
     ``BatchNorm`` in training mode couples them): adapters evaluate the model in
@@ -184,6 +187,13 @@ class ModelAdapter:
     def outputs(self, X):
         """``f(X)`` as float64 NumPy, shape ``(n, k)``."""
         raise NotImplementedError
+
+    def output_dim(self, X):
+        """``k``, the number of outputs, for inputs shaped like ``X``.
+
+        The default runs the model on one example; adapters may answer without running it.
+        """
+        return self.outputs(X[:1]).shape[1]
 
     def jacobian_sq_norms(self, X, mode):
         """``||J(x_n)||_F^2`` per example, float64 NumPy ``(n,)``.

@@ -115,6 +115,8 @@ class JaxBackend(AutodiffBackend):
 #: ``(apply, primitive name, static arguments)`` -> :class:`_Primitive`, shared by every
 #: :class:`JaxModel` of the same ``apply`` (``gcref.models`` wraps the model anew on each call).
 _PRIMITIVES = {}
+#: k by (apply, input shape, dtype, parameter structure), from shapes alone.
+_OUTPUT_DIMS = {}
 
 
 class _Primitive:
@@ -490,6 +492,21 @@ class JaxModel(ModelAdapter):
     # -- the ModelAdapter primitives -------------------------------------------------
     def outputs(self, X):
         return self._per_example("outputs", (), X)
+
+    def output_dim(self, X):
+        # Shapes only (checked as in every primitive): compiles nothing, unlike running
+        # the model on one example.
+        jax = self._jax
+        key = (self.apply, tuple(X.shape[1:]), self.dtype, self._treedef, self._shapes)
+        if key not in _OUTPUT_DIMS:
+            with self._backend.scope(self.dtype):
+                X = self._checked_batch(X)
+                example = jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype)
+                out = jax.eval_shape(
+                    lambda params, x: _apply_checked(self.apply, params, x), self.params, example
+                )
+            _OUTPUT_DIMS[key] = int(out.shape[1])
+        return _OUTPUT_DIMS[key]
 
     def jacobian_sq_norms(self, X, mode):
         if mode not in ("reverse", "forward"):
