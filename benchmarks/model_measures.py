@@ -22,19 +22,22 @@ reporting a speed):
 
 - ``per-example loop``: a Python loop over examples with ``torch.autograd.grad`` (k
   backward passes, one, or one with weight gradients); timed on the first ``--loop-n``
-  examples and extrapolated linearly to N (labelled ``extrapolated``);
+  examples and extrapolated linearly to N (marked ``*``);
 - ``torch.func``: ``vmap(jacrev)`` for J, ``vmap(grad)`` of the probe's ``v . f`` for the
   probe estimate and ``vmap(grad)`` of the loss for per-example gradients, on
   ``functional_call`` in eval mode; timed on the first ``--alt-n`` examples
-  (extrapolated when fewer than N);
+  (extrapolated, and marked ``*``, when fewer than N);
 - ``batched backward``: k one-hot backward passes over each chunk with respect to the
-  input only (exact GC), or one backward pass with the probes as cotangent (1-probe GC).
+  input only, or one backward pass vmapped over the k one-hot cotangents
+  (``is_grads_batched``) (exact GC); one backward pass with the probes as cotangent
+  (1-probe GC).
 
 The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster.
 
 Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds, each
-timing every method once in turn (interleaved, so that load from other processes falls on
-all of them alike); the median is reported with the spread. On CUDA, the device is
+timing every method once in a shuffled order (interleaved, so that load from other
+processes falls on all of them alike, and shuffled, so that no method always follows the
+same one); the median is reported with the spread. On CUDA, the device is
 synchronised around every timing and TF32 is off unless ``--tf32``; on the CPU, torch uses
 one thread unless ``--threads`` says otherwise (on a shared machine, two threads can be ten
 times slower than one). The accuracy of the chosen dtype against float64 is measured on
@@ -339,10 +342,12 @@ def relative_difference(value, reference):
     return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
-def run_methods(methods, repeats, warm_n, device, log):
+def run_methods(methods, repeats, warm_n, device, rng, log):
     """Warm up every method on ``warm_n`` examples, then time them in interleaved rounds.
 
-    A method that runs out of GPU memory is marked as failed and left out of later rounds.
+    Each round runs every method once, in an order drawn from ``rng`` (a fixed order
+    would favour whichever method follows a cheap or cache-friendly one). A method that
+    runs out of GPU memory is marked as failed and left out of later rounds.
     """
     import torch
 
@@ -357,7 +362,8 @@ def run_methods(methods, repeats, warm_n, device, log):
     for m in methods:
         attempt(m, min(warm_n, m.n))
     for r in range(repeats):
-        for m in methods:
+        for i in rng.permutation(len(methods)):
+            m = methods[i]
             if not m.failure and (result := attempt(m, m.n)) is not None:
                 seconds, m.value = result
                 m.times.append(seconds)
@@ -392,7 +398,8 @@ def benchmark_model(name, args, device, dtype, log):
     ]
     alternatives = [Method(measure, label, run, family_n)
                     for family_n, runs in families for measure, label, run in runs]
-    run_methods([baseline, *gcref.values(), *alternatives], args.repeats, 2 * chunk, device, log)
+    run_methods([baseline, *gcref.values(), *alternatives], args.repeats, 2 * chunk, device,
+                np.random.default_rng(args.seed), log)
     check_agreement(gcref, alternatives, agreement_rtol(args))
     report(baseline, gcref, alternatives, n, log)
     accuracy_against_float64(model, X, y, args, log)
@@ -539,7 +546,7 @@ def main(argv=None):
     log(f"device {device} ({hardware}); python {platform.python_version()}, "
         f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"load average {os.getloadavg()[0]:.1f}")
-    log(f"median of {args.repeats} interleaved rounds after a warm-up; baseline epoch: training "
+    log(f"median of {args.repeats} shuffled rounds after a warm-up; baseline epoch: training "
         "mode, forward + mean cross-entropy + backward with weight gradients, no optimizer step")
     for name in args.models.split(","):
         if name.strip() not in MODELS:
