@@ -97,3 +97,15 @@ def check_finite_scalar(value, name, *, positive=False, nonnegative=False):
     if nonnegative and value < 0:
         raise ValueError(f"{name} must be >= 0; got {value}")
     return value
+
+
+def not_an_mlp(mlp, name="mlp"):
+    """The TypeError for a model that is not a :class:`gcref.MLP` where one is required."""
+    message = f"{name} must be a gcref.MLP; got {type(mlp).__name__}."
+    if callable(mlp) or hasattr(mlp, "parameters"):
+        message += (
+            " This measure is defined for MLPs only (MATH.md section 1); for your own "
+            "torch.nn.Module or JAX apply function, gcref.models computes GC, its probe "
+            "estimate, per-example gradient norms, the IGR terms and Hessian-vector products"
+        )
+    return TypeError(message)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcref._checks import check_float_array, check_positive_int, check_rng
+from gcref._checks import check_float_array, check_positive_int, check_rng, not_an_mlp
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.primitives import Call
@@ -223,7 +223,7 @@ def geometric_complexity_native(mlp, params, X, *, backend):
     ``jax.enable_x64``; ``get_backend("jax").scope(numpy.float64)`` provides it.
     """
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     backend = get_backend(backend)
     J = backend.input_jacobian(mlp, params, X)
     return backend.xp.sum(J * J) / X.shape[0]
@@ -267,7 +267,7 @@ def _map_chunks(mlp, params, data, backend, chunk_size, fn):
     of results, in data order.
     """
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     params = mlp.check_params(params)
     dtype = params[0][0].dtype

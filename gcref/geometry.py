@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar, check_float_array, check_positive_int, check_rng
+from gcref._checks import (
+    check_finite_scalar,
+    check_float_array,
+    check_positive_int,
+    check_rng,
+    not_an_mlp,
+)
 from gcref.mlp import MLP
 from gcref.primitives import forward, input_jacobian
 from gcref.tolerances import tolerance
@@ -376,7 +382,7 @@ def graph_volume(mlp, params, X, *, rng=None, n_samples=65_536, batch_size=4096,
     the noise that Omega and DE share.
     """
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     dtype = mlp.check_params(params)[0][0].dtype
     X = mlp.check_inputs(X, dtype)
     if method not in GRAPH_VOLUME_METHODS:
@@ -589,7 +595,7 @@ def _jacobians(mlp, params, points, backend):
 
 def _interval(mlp, params, X, interval):
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     if mlp.input_dim != 1:
         raise ValueError(f"arc length needs a network with one input; this one has d = {mlp.input_dim}")
     dtype = mlp.check_params(params)[0][0].dtype

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar
+from gcref._checks import check_finite_scalar, not_an_mlp
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.primitives import predict
@@ -47,7 +47,7 @@ def check_group_exponent(q):
 
 def _checked(mlp, params):
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     return mlp.check_params(params)
 
 

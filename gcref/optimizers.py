@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar, check_positive_int
+from gcref._checks import check_finite_scalar, check_positive_int, not_an_mlp
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.norms import check_exponent, path_gammas_in
@@ -54,7 +54,7 @@ class Optimizer:
         tuple of (W, b) ndarray
         """
         if not isinstance(mlp, MLP):
-            raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+            raise not_an_mlp(mlp)
         params = mlp.check_params(params)
         grads = mlp.check_params(grads, name="grads")
         if grads[0][0].dtype != params[0][0].dtype:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcref._checks import check_float_array
+from gcref._checks import check_float_array, not_an_mlp
 from gcref.backends import get_backend
 from gcref.backends._base import Forward
 from gcref.losses import get_loss
@@ -52,7 +52,7 @@ class Call:
 
     def __init__(self, mlp, params, X, backend, y=None, loss=None):
         if not isinstance(mlp, MLP):
-            raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+            raise not_an_mlp(mlp)
         self.mlp = mlp
         self.params = mlp.check_params(params)
         self.dtype = self.params[0][0].dtype

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar, check_float_array, check_positive_int, check_rng
+from gcref._checks import (
+    check_finite_scalar,
+    check_float_array,
+    check_positive_int,
+    check_rng,
+    not_an_mlp,
+)
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.norms import check_exponent, path_gammas_in
@@ -26,7 +32,7 @@ from gcref.norms import check_exponent, path_gammas_in
 def check_rescalable(mlp):
     """Raise ``ValueError`` unless node rescaling preserves the function of ``mlp``."""
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     if mlp.depth > 1 and not mlp.activation.positively_homogeneous:
         raise ValueError(
             f"node rescaling preserves f only for positively homogeneous hidden activations "
@@ -101,7 +107,7 @@ def rescale_node(mlp, params, layer, unit, c):
         Row v of ``W_i`` and ``b_i[v]`` times c, column v of ``W_{i+1}`` times 1/c.
     """
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     if mlp.depth < 2:
         raise ValueError("the network has no hidden unit to rescale (depth 1)")
     layer = check_positive_int(layer, "layer")
@@ -131,7 +137,7 @@ def random_rescaling_factors(mlp, rng, spread=4.0):
     list of l - 1 ndarray, entry ``i - 1`` of shape (n_{i+1},)
     """
     if not isinstance(mlp, MLP):
-        raise TypeError(f"mlp must be a gcref.MLP; got {type(mlp).__name__}")
+        raise not_an_mlp(mlp)
     check_rng(rng)
     spread = check_finite_scalar(spread, "spread", positive=True)
     if spread < 1:

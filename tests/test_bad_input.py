@@ -594,3 +594,23 @@ def test_init_dtype_not_float32_or_float64(dtype):
         return
     with pytest.raises(TypeError, match=r"dtype must be float32 or float64"):
         mlp.init(np.random.default_rng(0), dtype=dtype)
+
+
+def test_mlp_only_measures_refuse_a_torch_module_and_point_to_gcref_models():
+    from conftest import require_backend
+
+    require_backend("torch")
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    X = np.zeros((2, 3))
+    calls = {
+        "transfer_terms": lambda: gcref.transfer_terms(net, None, X),
+        "path_norm": lambda: gcref.path_norm(net, None),
+        "group_norm": lambda: gcref.group_norm(net, None),
+        "geometric_complexity": lambda: gcref.geometric_complexity(net, None, X),
+        "balanced_rescaling": lambda: gcref.balanced_rescaling(net, None),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match="mlp must be a gcref.MLP; got Sequential.*gcref.models"):
+            call()
