@@ -34,14 +34,15 @@ reporting a speed):
 
 The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster.
 
-Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds, each
-timing every method once in a shuffled order (interleaved, so that load from other
-processes falls on all of them alike, and shuffled, so that no method always follows the
-same one); the median is reported with the spread. On CUDA, the device is
-synchronised around every timing and TF32 is off unless ``--tf32``; on the CPU, torch uses
-one thread unless ``--threads`` says otherwise (on a shared machine, two threads can be ten
-times slower than one). The accuracy of the chosen dtype against float64 is measured on
-the first ``--check-n`` examples.
+Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds (or
+more, until they have lasted ``--min-seconds``), each timing every method once in a
+shuffled order (interleaved, so that load from other processes falls on all of them
+alike, and shuffled, so that no method always follows the same one); the median is
+reported with the spread. On CUDA, the device is synchronised around every timing and
+TF32 is off unless ``--tf32``; on the CPU, torch uses one thread unless ``--threads``
+says otherwise (on a shared machine, two threads can be ten times slower than one). The
+accuracy of the chosen dtype against float64 is measured on the first ``--check-n``
+examples.
 
 This is a measurement, not a test::
 
@@ -55,6 +56,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -70,9 +72,10 @@ MEASURES = tuple(GOALS)
 AGREEMENT_RTOL = {"float64": 1e-9, "float32": 1e-3, "bfloat16": 1e-1}
 
 CPU_SETTING = dict(n=256, width=8, image_size=32, batch_size=128, loop_n=32, alt_n=None,
-                   check_n=32, repeats=5, threads=1)
+                   check_n=32, repeats=5, min_seconds=40, threads=1)
 FULL_SETTING = dict(n=50_000, width=64, image_size=32, batch_size=256, loop_n=256,
-                    alt_n=10_000, check_n=256, repeats=3, threads=None)
+                    alt_n=10_000, check_n=256, repeats=3, min_seconds=0, threads=None)
+MAX_ROUNDS = 25
 
 
 @dataclass
@@ -342,12 +345,14 @@ def relative_difference(value, reference):
     return float(np.max(np.abs(value - reference)) / np.max(np.abs(reference)))
 
 
-def run_methods(methods, repeats, warm_n, device, rng, log):
+def run_methods(methods, repeats, min_seconds, warm_n, device, rng, log):
     """Warm up every method on ``warm_n`` examples, then time them in interleaved rounds.
 
     Each round runs every method once, in an order drawn from ``rng`` (a fixed order
-    would favour whichever method follows a cheap or cache-friendly one). A method that
-    runs out of GPU memory is marked as failed and left out of later rounds.
+    would favour whichever method follows a cheap or cache-friendly one). There are
+    ``repeats`` rounds, or more (at most ``MAX_ROUNDS``) until the rounds have lasted
+    ``min_seconds``, so that a fast model gets enough samples for a stable median. A
+    method that runs out of GPU memory is marked as failed and left out of later rounds.
     """
     import torch
 
@@ -361,13 +366,18 @@ def run_methods(methods, repeats, warm_n, device, rng, log):
 
     for m in methods:
         attempt(m, min(warm_n, m.n))
-    for r in range(repeats):
+    started, rounds, r = time.perf_counter(), repeats, 0
+    while r < rounds:
         for i in rng.permutation(len(methods)):
             m = methods[i]
             if not m.failure and (result := attempt(m, m.n)) is not None:
                 seconds, m.value = result
                 m.times.append(seconds)
-        log(f"  round {r + 1}/{repeats} done")
+        r += 1
+        if r == 1:
+            per_round = time.perf_counter() - started
+            rounds = min(MAX_ROUNDS, max(repeats, math.ceil(min_seconds / per_round)))
+        log(f"  round {r}/{rounds} done")
 
 
 # -- one model ------------------------------------------------------------------------------
@@ -398,8 +408,8 @@ def benchmark_model(name, args, device, dtype, log):
     ]
     alternatives = [Method(measure, label, run, family_n)
                     for family_n, runs in families for measure, label, run in runs]
-    run_methods([baseline, *gcref.values(), *alternatives], args.repeats, 2 * chunk, device,
-                np.random.default_rng(args.seed), log)
+    run_methods([baseline, *gcref.values(), *alternatives], args.repeats, args.min_seconds,
+                2 * chunk, device, np.random.default_rng(args.seed), log)
     check_agreement(gcref, alternatives, agreement_rtol(args))
     report(baseline, gcref, alternatives, n, log)
     accuracy_against_float64(model, X, y, args, log)
@@ -546,7 +556,8 @@ def main(argv=None):
     log(f"device {device} ({hardware}); python {platform.python_version()}, "
         f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"load average {os.getloadavg()[0]:.1f}")
-    log(f"median of {args.repeats} shuffled rounds after a warm-up; baseline epoch: training "
+    log(f"median of at least {args.repeats} shuffled rounds (more, up to {MAX_ROUNDS}, until "
+        f"they last {args.min_seconds} s) after a warm-up; baseline epoch: training "
         "mode, forward + mean cross-entropy + backward with weight gradients, no optimizer step")
     for name in args.models.split(","):
         if name.strip() not in MODELS:
