@@ -122,6 +122,7 @@ def synthetic_data(n, image_size, seed):
 
 
 def chunks(n, size):
+    """``(start, stop)`` of consecutive blocks of at most ``size`` of the first n examples."""
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
@@ -145,6 +146,7 @@ def training_epoch(model, X, y, batch_size):
 
 
 def gcref_methods(model, X, y, chunk_size, probe_seed):
+    """The three measures through :mod:`gcref.models`, as a user would call them."""
     from gcref import models
 
     def exact(n):
