@@ -27,6 +27,7 @@ validate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/per_example_norms.py
+	$(PY) benchmarks/model_measures.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
