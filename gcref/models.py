@@ -364,8 +364,7 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
             )
         batch_grad, batch_count = _zero_vector(adapter), 0
         for X, targets in _labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True):
-            _, sq = adapter.loss_grad_sq_norms(X, targets, loss)
-            chunk_loss, chunk_grad = adapter.loss_grad_sum(X, targets, loss)
+            chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
             batch_grad = batch_grad + chunk_grad

@@ -219,6 +219,16 @@ class ModelAdapter:
         """``(sum_n l_n, sum_n grad_theta l_n)``: a float and a native float64 vector ``(p,)``."""
         raise NotImplementedError
 
+    def loss_grad_sum_and_sq_norms(self, X, targets, loss):
+        """``(sum_n l_n, sum_n grad_theta l_n, ||grad_theta l_n||^2)``: what the IGR terms need.
+
+        The default calls :meth:`loss_grad_sq_norms` and :meth:`loss_grad_sum`; adapters
+        that can take both from one backward pass override it.
+        """
+        _, sq_norms = self.loss_grad_sq_norms(X, targets, loss)
+        total, grad = self.loss_grad_sum(X, targets, loss)
+        return total, grad, sq_norms
+
     def loss_hvp_sum(self, X, targets, loss, vector):
         """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native float64 ``(p,)``; ``vector`` native float64 ``(p,)``."""
         raise NotImplementedError

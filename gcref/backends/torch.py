@@ -348,6 +348,28 @@ class TorchModel(ModelAdapter):
                     return losses.detach().double().cpu().numpy(), sq.cpu().numpy()
             return self._vmap_loss_sq_norms(X, targets, loss, trainable)
 
+    def loss_grad_sum_and_sq_norms(self, X, targets, loss):
+        # One backward pass gives the per-example norms (through the layer outputs) and
+        # the summed gradient (through the parameters).
+        torch = self._torch
+        X = self._input(X)
+        trainable = self._trainable()
+        params = [p for _, p in trainable]
+        with self._inference():
+            layers = self._norm_layers(trainable)
+            if layers is not None:
+                f, recorded = self._recorded_forward(X, layers)
+                if recorded is not None:
+                    losses = loss.per_example(f, self._targets(targets, f), self._ops)
+                    total = losses.sum()
+                    sq, grads = recorded.sq_norms(total, None, retain=False, params=params)
+                    return (
+                        float(total.detach().double()),
+                        _flat64(grads, params, torch),
+                        sq.cpu().numpy(),
+                    )
+        return super().loss_grad_sum_and_sq_norms(X, targets, loss)
+
     def _norm_layers(self, trainable):
         """The layers of the norm identities, or ``None`` when the model needs the fallback."""
         if self.norm_method == "vmap":
@@ -501,21 +523,26 @@ class _RecordedLayers:
         self._torch = torch
         self._cache = {}
 
-    def sq_norms(self, f, cotangent, *, retain):
+    def sq_norms(self, f, cotangent, *, retain, params=()):
         """Per-example ``||d <cotangent, f> / d theta||^2`` as float64 ``(n,)``.
 
-        ``cotangent`` is ``None`` for a scalar ``f`` (a sum of per-example losses).
+        ``cotangent`` is ``None`` for a scalar ``f`` (a sum of per-example losses). With
+        ``params``, the same backward pass also returns ``d <cotangent, f> / d params``:
+        ``(norms, grads)``.
         """
         torch = self._torch
         outputs = [out for _, _, _, out in self._entries]
         grads = torch.autograd.grad(
-            f, outputs, grad_outputs=cotangent, retain_graph=retain, allow_unused=True
+            f, outputs + list(params), grad_outputs=cotangent, retain_graph=retain,
+            allow_unused=True,
         )
         n = outputs[0].shape[0]
         total = torch.zeros(n, dtype=torch.float64, device=outputs[0].device)
         for (module, kind, a, _), g in zip(self._entries, grads):
             if g is not None:
                 total += getattr(self, "_" + kind)(module, a, _compute_dtype(g, torch))
+        if params:
+            return total, grads[len(outputs):]
         return total
 
     def _want(self, module, name):
