@@ -348,6 +348,7 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
     loss = get_loss(loss)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     batches = iter(_minibatches(data, batch_size))
+    zero = _zero_vector(adapter)
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
     for j in itertools.count():
@@ -362,7 +363,7 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
                 f"every process must pass the same number of mini-batches; {int(world - have)} "
                 f"of {int(world)} processes have no mini-batch {j}"
             )
-        batch_grad, batch_count = _zero_vector(adapter), 0
+        batch_grad, batch_count = zero, 0
         for X, targets in _labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True):
             chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
             per_example_sum += float(np.sum(sq))
@@ -373,7 +374,7 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
         batch_count = adapter.all_reduce_sum(np.array([batch_count], dtype=np.float64))[0]
         if batch_count == 0:
             raise ValueError(f"mini-batch {j} holds no example")
-        batch_sq_norms.append(_sq_norm(adapter, batch_grad) / batch_count**2)
+        batch_sq_norms.append(adapter.vector_sq_norm(batch_grad) / batch_count**2)
         total_grad = batch_grad if total_grad is None else total_grad + batch_grad
         n_total += batch_count
     if total_grad is None:
@@ -384,7 +385,7 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
     n = n_total
     return IGRTerms(
         loss=float(loss_sum / n),
-        full_batch=float(_sq_norm(adapter, total_grad) / n**2),
+        full_batch=float(adapter.vector_sq_norm(total_grad) / n**2),
         mini_batch=float(np.mean(batch_sq_norms)),
         per_example=float(per_example_sum / n),
         n_examples=int(n),
@@ -415,7 +416,7 @@ def loss_hvp(model, data, loss, vector, *, params=None, chunk_size=256):
     if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
         raise ValueError("vector must hold finite floating-point values")
     native = adapter.to_native_vector(vector.astype(np.float64))
-    total, count = _zero_vector(adapter), 0
+    total, count = 0.0 * native, 0
     for X, targets in _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True):
         total = total + adapter.loss_hvp_sum(X, targets, loss, native)
         count += X.shape[0]
@@ -542,7 +543,3 @@ def _check_count(count):
 def _zero_vector(adapter):
     return adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
 
-
-def _sq_norm(adapter, vector):
-    v = adapter.to_numpy(vector).astype(np.float64)
-    return float(v @ v)

@@ -245,6 +245,11 @@ class ModelAdapter:
         """A native array as NumPy (float64 kept)."""
         raise NotImplementedError
 
+    def vector_sq_norm(self, vector):
+        """``||v||^2`` of a native vector, as a float (on the host only at the end)."""
+        v = self.to_numpy(vector).astype(np.float64)
+        return float(v @ v)
+
     def all_reduce_sum(self, x):
         """Sum ``x`` (float64 NumPy, or a native vector) over cooperating processes.
 

@@ -319,56 +319,56 @@ class TorchModel(ModelAdapter):
 
     # -- per-example parameter-gradient norms ----------------------------------------------
 
-    def output_grad_sq_norms(self, X):
+    @contextlib.contextmanager
+    def _identity_pass(self, X):
+        """Inference mode with one recorded forward pass: ``(X, trainable, f, recorded)``.
+
+        ``recorded`` is ``None`` (and ``f`` may be) when the model needs the ``vmap``
+        fallback instead of the norm identities.
+        """
         X = self._input(X)
         trainable = self._trainable()
         with self._inference():
             layers = self._norm_layers(trainable)
-            if layers is not None:
-                f, recorded = self._recorded_forward(X, layers)
-                if recorded is not None:
-                    total = 0
-                    for o in range(f.shape[1]):
-                        c = self._torch.zeros_like(f)
-                        c[:, o] = 1
-                        total = total + recorded.sq_norms(f, c, retain=o < f.shape[1] - 1)
-                    return total.cpu().numpy()
-            return self._vmap_output_sq_norms(X, trainable)
+            f, recorded = (None, None) if layers is None else self._recorded_forward(X, layers)
+            yield X, trainable, f, recorded
+
+    def output_grad_sq_norms(self, X):
+        with self._identity_pass(X) as (X, trainable, f, recorded):
+            if recorded is None:
+                return self._vmap_output_sq_norms(X, trainable)
+            total = 0
+            for o in range(f.shape[1]):
+                c = self._torch.zeros_like(f)
+                c[:, o] = 1
+                total = total + recorded.sq_norms(f, c, retain=o < f.shape[1] - 1)
+            return total.cpu().numpy()
 
     def loss_grad_sq_norms(self, X, targets, loss):
-        X = self._input(X)
-        trainable = self._trainable()
-        with self._inference():
-            layers = self._norm_layers(trainable)
-            if layers is not None:
-                f, recorded = self._recorded_forward(X, layers)
-                if recorded is not None:
-                    losses = loss.per_example(f, self._targets(targets, f), self._ops)
-                    sq = recorded.sq_norms(losses.sum(), None, retain=False)
-                    return losses.detach().double().cpu().numpy(), sq.cpu().numpy()
-            return self._vmap_loss_sq_norms(X, targets, loss, trainable)
+        with self._identity_pass(X) as (X, trainable, f, recorded):
+            if recorded is None:
+                return self._vmap_loss_sq_norms(X, targets, loss, trainable)
+            losses = loss.per_example(f, self._targets(targets, f), self._ops)
+            sq = recorded.sq_norms(losses.sum(), None, retain=False)
+            return losses.detach().double().cpu().numpy(), sq.cpu().numpy()
 
     def loss_grad_sum_and_sq_norms(self, X, targets, loss):
         # One backward pass gives the per-example norms (through the layer outputs) and
         # the summed gradient (through the parameters).
-        torch = self._torch
-        X = self._input(X)
-        trainable = self._trainable()
-        params = [p for _, p in trainable]
-        with self._inference():
-            layers = self._norm_layers(trainable)
-            if layers is not None:
-                f, recorded = self._recorded_forward(X, layers)
-                if recorded is not None:
-                    losses = loss.per_example(f, self._targets(targets, f), self._ops)
-                    total = losses.sum()
-                    sq, grads = recorded.sq_norms(total, None, retain=False, params=params)
-                    return (
-                        float(total.detach().double()),
-                        _flat64(grads, params, torch),
-                        sq.cpu().numpy(),
-                    )
+        with self._identity_pass(X) as (X, trainable, f, recorded):
+            if recorded is not None:
+                params = [p for _, p in trainable]
+                total = loss.per_example(f, self._targets(targets, f), self._ops).sum()
+                sq, grads = recorded.sq_norms(total, None, retain=False, params=params)
+                return (
+                    float(total.detach().double()),
+                    _flat64(grads, params, self._torch),
+                    sq.cpu().numpy(),
+                )
         return super().loss_grad_sum_and_sq_norms(X, targets, loss)
+
+    def vector_sq_norm(self, vector):
+        return float(self._torch.dot(vector, vector))
 
     def _norm_layers(self, trainable):
         """The layers of the norm identities, or ``None`` when the model needs the fallback."""
