@@ -31,6 +31,15 @@ def grad_sq_norm(mlp, params, X, labels):
     return float(sum(np.sum(g**2) for pair in grads for g in pair))
 
 
+#: What every sweep records per (value, seed), at the best test epoch.
+MEASURES = ("dirichlet_energy", "grad_sq", "test_accuracy", "train_loss", "best_epoch")
+
+
+def empty_results(shape):
+    """One zero table of ``shape`` (values, seeds) per measure of :data:`MEASURES`."""
+    return {name: np.zeros(shape) for name in MEASURES}
+
+
 def sweep(settings, key, values, seed, progress):
     """Measure every ``values[j]`` of hyper-parameter ``key`` ("lr" or "batch_size")."""
     data_rng = np.random.default_rng(seed)
@@ -38,8 +47,7 @@ def sweep(settings, key, values, seed, progress):
     mlp = gcref.MLP([X.shape[1], *settings["hidden"], 10], activation="relu")
     seeds = [seed + 1 + s for s in range(settings["seeds"])]
     shape = (len(values), len(seeds))
-    out = {name: np.zeros(shape) for name in ("dirichlet_energy", "grad_sq", "test_accuracy",
-                                               "train_loss", "best_epoch")}
+    out = empty_results(shape)
     done = 0
     for j, value in enumerate(values):
         for s, run_seed in enumerate(seeds):

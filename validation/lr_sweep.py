@@ -45,15 +45,22 @@ THRESHOLD = -0.8
 def run(settings, seed, out_dir, progress):
     values = settings["lrs"]
     out, seeds = _sweep.sweep(settings, "lr", values, seed, progress)
+    summary, held, figure = judge(
+        out, values, out_dir,
+        f"Digits MLP {settings['hidden']}, SGD batch {settings['batch_size']}, "
+        f"{settings['epochs']} epochs, mean of {len(seeds)} seeds at the best test epoch",
+    )
+    return Outcome(measured={"lrs": values, **summary}, held=held, figures=[figure],
+                   seeds=[seed, *seeds], frameworks=["scikit-learn"])
+
+
+def judge(out, values, out_dir, title):
+    """Summary, verdict (:data:`RULE`) and figure of a learning-rate sweep's results."""
     summary = _sweep.summarise(out, values)
     held = (summary["spearman_dirichlet_energy"] < THRESHOLD
             and summary["spearman_grad_sq"] < THRESHOLD)
-    figure = _sweep.plot(out_dir, NAME, summary, values, "learning rate h", True,
-                         f"Digits MLP {settings['hidden']}, SGD batch {settings['batch_size']}, "
-                         f"{settings['epochs']} epochs, mean of {len(seeds)} seeds at the best "
-                         "test epoch")
-    return Outcome(measured={"lrs": values, **summary}, held=held, figures=[figure],
-                   seeds=[seed, *seeds], frameworks=["scikit-learn"])
+    figure = _sweep.plot(out_dir, NAME, summary, values, "learning rate h", True, title)
+    return summary, held, figure
 
 
 # The ResNet-18 / CIFAR-10 setting of seed 000's Fig. 2 (``--model resnet18 --cifar10 DIR``).
@@ -122,8 +129,7 @@ def run_resnet(settings, seed, out_dir, progress):
     values = settings["lrs"]
     seeds = [seed + 1 + s for s in range(settings["seeds"])]
     shape = (len(values), len(seeds))
-    out = {name: np.zeros(shape) for name in ("dirichlet_energy", "grad_sq", "test_accuracy",
-                                               "train_loss", "best_epoch")}
+    out = _sweep.empty_results(shape)
     done = 0
     for j, lr in enumerate(values):
         for s, run_seed in enumerate(seeds):
@@ -146,13 +152,12 @@ def run_resnet(settings, seed, out_dir, progress):
             out["best_epoch"][j, s] = best["epoch"]
             done += 1
             progress(done, shape[0] * shape[1], f"lr={lr}")
-    summary = _sweep.summarise(out, values)
-    held = (summary["spearman_dirichlet_energy"] < THRESHOLD
-            and summary["spearman_grad_sq"] < THRESHOLD)
-    figure = _sweep.plot(out_dir, NAME, summary, values, "learning rate h", True,
-                         f"CIFAR-10 ResNet-18 (width {settings['width']}), {len(X)} training "
-                         f"images, SGD batch {settings['batch_size']}, {settings['epochs']} "
-                         f"epochs, mean of {len(seeds)} seeds at the best test epoch")
+    summary, held, figure = judge(
+        out, values, out_dir,
+        f"CIFAR-10 ResNet-18 (width {settings['width']}), {len(X)} training images, SGD "
+        f"batch {settings['batch_size']}, {settings['epochs']} epochs, mean of {len(seeds)} "
+        "seeds at the best test epoch",
+    )
     return Outcome(measured={"lrs": values, "device": device.type, **summary}, held=held,
                    figures=[figure], seeds=[seed, *seeds], frameworks=["torch"],
                    notes=f"Dirichlet energy on the first {settings['gc_examples']} training "
