@@ -28,8 +28,6 @@ CHUNK_SIZES = (1, 2, 3, 256)
 class NumpyMLPModel(ModelAdapter):
     """A gcref.MLP seen through the ModelAdapter interface (tests only)."""
 
-    framework = "numpy"
-
     def __init__(self, mlp, params):
         self.mlp = mlp
         self.params = params

@@ -182,8 +182,6 @@ class ModelAdapter:
     inference mode.
     """
 
-    framework = ""
-
     def outputs(self, X):
         """``f(X)`` as float64 NumPy, shape ``(n, k)``."""
         raise NotImplementedError

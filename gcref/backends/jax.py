@@ -318,8 +318,7 @@ class JaxModel(ModelAdapter):
     apply : callable
         ``apply(params, x)`` on a batch ``x`` of shape ``(n, *input_shape)``, returning
         ``(n, k)``; every example must be computed independently of the others. Plain
-        JAX, Flax (``model.apply`` with its variables) or Equinox (``lambda m, x:
-        jax.vmap(m)(x)``).
+        JAX, Flax (``model.apply`` with its variables) or Equinox (see ``params``).
     params : pytree of float32 or float64 arrays
         All leaves of one dtype, finite (no integer, function or other leaf: for an
         Equinox module, ``params, rest = eqx.partition(model, eqx.is_inexact_array)``
@@ -357,8 +356,6 @@ class JaxModel(ModelAdapter):
 
     A single process is assumed: :meth:`all_reduce_sum` is the identity.
     """
-
-    framework = "jax"
 
     def __init__(self, apply, params, *, shard=None):
         import jax

@@ -154,8 +154,6 @@ class TorchModel(ModelAdapter):
     per-example gradient (or Jacobian) of the module called on one example.
     """
 
-    framework = "torch"
-
     def __init__(self, module, *, norm_method="auto"):
         import torch
 
