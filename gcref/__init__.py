@@ -18,7 +18,8 @@ from gcref.backends import (
     get_backend,
 )
 from gcref.losses import get_loss, loss_names
-from gcref.mlp import MLP, flatten_params, unflatten_params
+from gcref.mlp import MLP
+from gcref.params import flatten_params, unflatten_params
 from gcref.primitives import (
     GradNorms,
     forward,

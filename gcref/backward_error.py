@@ -27,7 +27,7 @@ from gcref.igr import (
     modified_loss_gd_grad_native,
     modified_loss_sgd_grad_native,
 )
-from gcref.mlp import flatten_params, unflatten_params
+from gcref.params import flatten_params, unflatten_params
 from gcref.primitives import Call
 
 __all__ = ["BackwardError", "gd_backward_error", "rk4_flow", "sgd_backward_error"]

@@ -31,6 +31,7 @@ import numpy as np
 
 from gcref._checks import check_finite_scalar
 from gcref.backends._autodiff import AutodiffBackend
+from gcref.params import combine, flat_arrays, pairs, scale, sq_norm
 from gcref.primitives import Call
 
 __all__ = [
@@ -48,37 +49,13 @@ __all__ = [
 ]
 
 
-# -- parameter-tuple arithmetic on native arrays -----------------------------------
-def _sq_norm(backend, pairs):
-    """``sum_i ||A_i||_F^2 + ||a_i||^2`` over a list of ``(A_i, a_i)`` pairs (native scalar)."""
-    xp = backend.xp
-    return sum(xp.sum(A * A) + xp.sum(a * a) for A, a in pairs)
-
-
-def _combine(alpha, x, beta, y):
-    """``alpha x + beta y`` for two parameter lists."""
-    return [(alpha * A + beta * B, alpha * a + beta * b) for (A, a), (B, b) in zip(x, y)]
-
-
-def _scale(alpha, x):
-    return [(alpha * A, alpha * a) for A, a in x]
-
-
-def _flat(pairs):
-    return tuple(a for pair in pairs for a in pair)
-
-
-def _pairs(flat):
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
 def native_gradient(backend, fn, params):
     """Gradient of the native scalar ``fn(params)`` by the backend's reverse mode.
 
     Only for autodiff backends; ``params`` is a list of ``(W, b)`` native pairs.
     """
     one = backend.asarray(np.ones((), dtype=backend._dtype(params[0][0])))
-    return _pairs(backend.vjp(lambda *flat: fn(_pairs(flat)), _flat(params), one))
+    return pairs(backend.vjp(lambda *flat: fn(pairs(flat)), flat_arrays(params), one))
 
 
 # -- partitions --------------------------------------------------------------------
@@ -114,13 +91,13 @@ def check_partition(batches, n_examples, name="batches"):
 # -- penalties on native arrays ----------------------------------------------------
 def gd_penalty_native(backend, mlp, params, X, targets, loss):
     """``||grad L||^2`` (MATH.md section 5), a native scalar."""
-    return _sq_norm(backend, backend.loss_grad(mlp, params, X, targets, loss))
+    return sq_norm(backend.loss_grad(mlp, params, X, targets, loss), backend.xp)
 
 
 def gd_penalty_grad_native(backend, mlp, params, X, targets, loss):
     """``grad ||grad L||^2 = 2 H grad L`` (MATH.md section 5), one Hessian-vector product."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
-    return _scale(2.0, backend.loss_hvp(mlp, params, X, targets, loss, g))
+    return scale(2.0, backend.loss_hvp(mlp, params, X, targets, loss, g))
 
 
 def sgd_penalty_native(backend, mlp, params, X, targets, loss, batches):
@@ -135,7 +112,7 @@ def sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches):
     total = None
     for idx in batches:
         term = gd_penalty_grad_native(backend, mlp, params, X[idx], targets[idx], loss)
-        total = term if total is None else _combine(1.0, total, 1.0, term)
+        total = term if total is None else combine(1.0, total, 1.0, term)
     return total
 
 
@@ -214,7 +191,7 @@ def residuals_native(backend, output, targets, loss):
     zero = backend.asarray(np.zeros(shape, dtype=dtype))
     ones = backend.asarray(np.ones(shape[0], dtype=dtype))
     return backend.vjp(
-        lambda shift: loss.per_example(output + shift, targets, backend), (zero,), ones
+        lambda shift: loss.per_example(output + shift, targets), (zero,), ones
     )[0]
 
 
@@ -242,7 +219,7 @@ def modified_loss_gd_grad_native(backend, mlp, params, X, targets, loss, h):
     """``grad L + (h/2) H grad L``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     hg = backend.loss_hvp(mlp, params, X, targets, loss, g)
-    return _combine(1.0, g, h / 2.0, hg)
+    return combine(1.0, g, h / 2.0, hg)
 
 
 def modified_loss_sgd_native(backend, mlp, params, X, targets, loss, h, batches):
@@ -256,7 +233,7 @@ def modified_loss_sgd_grad_native(backend, mlp, params, X, targets, loss, h, bat
     """``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     pg = sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches)
-    return _combine(1.0, g, h / (4.0 * len(batches)), pg)
+    return combine(1.0, g, h / (4.0 * len(batches)), pg)
 
 
 def modified_loss_per_example_native(backend, mlp, params, X, targets, loss, h, form="gradient"):
@@ -274,7 +251,7 @@ def modified_loss_per_example_grad_native(backend, mlp, params, X, targets, loss
     """``grad L + h/(4N) grad sum_n ||grad_theta l_n||^2``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     pg = per_example_penalty_grad_native(backend, mlp, params, X, targets, loss)
-    return _combine(1.0, g, h / (4.0 * X.shape[0]), pg)
+    return combine(1.0, g, h / (4.0 * X.shape[0]), pg)
 
 
 # -- public functions, NumPy in and out ---------------------------------------------

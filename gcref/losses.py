@@ -1,8 +1,9 @@
-"""Per-example losses and their residuals (MATH.md section 4).
+"""Per-example losses and their residuals (docs/math.md section 4).
 
 The empirical loss is the MEAN of the per-example losses. Each loss is written once
-against a backend's array operations (so every backend differentiates the same
-formula) and carries the residual ``eps = dl/df`` and the Hessian ``d^2 l / df^2`` in
+against the array operations of whatever framework ``f`` belongs to
+(:func:`gcref._xp.array_ops`, so every backend and every user's model differentiates the
+same formula) and carries the residual ``eps = dl/df`` and the Hessian ``d^2 l / df^2`` in
 NumPy for the analytic backend.
 
 Targets are normalised once, by :meth:`Loss.prepare_targets`, into a float array of
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from gcref._checks import check_float_array
+from gcref._xp import array_ops
 from gcref.activations import sigmoid
 
 
@@ -25,7 +27,7 @@ def _softmax(f):
 
 
 class Loss:
-    """A per-example loss ``l(f, y)``; see MATH.md section 4 for the table."""
+    """A per-example loss ``l(f, y)``; see docs/math.md section 4 for the table."""
 
     name = ""
 
@@ -33,8 +35,8 @@ class Loss:
         """Check ``y`` and return it as a float array of shape ``(N, k)``."""
         raise NotImplementedError
 
-    def per_example(self, f, targets, ops):
-        """``l(f_n, y_n)`` for every example, shape ``(N,)``, with backend ``ops``."""
+    def per_example(self, f, targets):
+        """``l(f_n, y_n)`` for every example, shape ``(N,)``, in the arrays' own framework."""
         raise NotImplementedError
 
     def residual(self, f, targets):
@@ -66,7 +68,8 @@ class SquaredLoss(Loss):
             )
         return y
 
-    def per_example(self, f, targets, ops):
+    def per_example(self, f, targets):
+        ops = array_ops(f)
         r = f - targets
         return 0.5 * ops.sum_rows(r * r)
 
@@ -94,7 +97,8 @@ class LogisticLoss(Loss):
             raise ValueError("y must hold binary labels 0 or 1 for the logistic loss")
         return y.astype(dtype)[:, None]
 
-    def per_example(self, f, targets, ops):
+    def per_example(self, f, targets):
+        ops = array_ops(f)
         xp = ops.xp
         softplus = xp.where(f > 0, f, 0.0 * f) + xp.log1p(xp.exp(-xp.abs(f)))
         return ops.sum_rows(softplus - targets * f)
@@ -135,7 +139,8 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("one-hot targets y must be non-negative rows that sum to 1")
         return y
 
-    def per_example(self, f, targets, ops):
+    def per_example(self, f, targets):
+        ops = array_ops(f)
         return ops.logsumexp_rows(f) - ops.sum_rows(targets * f)
 
     def residual(self, f, targets):

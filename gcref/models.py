@@ -149,7 +149,7 @@ def wrap(model, params=None):
             raise TypeError(
                 "params must be left out for a torch.nn.Module: its own parameters are used"
             )
-        from gcref.backends.torch import TorchModel
+        from gcref.backends.torch_model import TorchModel
 
         return TorchModel(model)
     if callable(model):
@@ -158,7 +158,7 @@ def wrap(model, params=None):
                 "a function model needs params: pass apply(params, x) as model and its "
                 "parameter pytree as params"
             )
-        from gcref.backends.jax import JaxModel
+        from gcref.backends.jax_model import JaxModel
 
         return JaxModel(model, params)
     raise TypeError(
@@ -298,7 +298,10 @@ def output_grad_sq_norms(model, data, *, params=None, chunk_size=256):
     adapter = wrap(model, params)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     return np.concatenate(
-        [adapter.output_grad_sq_norms(X) for X, _ in _chunks(data, chunk_size, need_targets=False)]
+        [
+            adapter.output_grad_sq_norms(X).sum(axis=1)
+            for X, _ in _chunks(data, chunk_size, need_targets=False)
+        ]
     )
 
 
@@ -313,7 +316,7 @@ def loss_grad_sq_norms(model, data, loss, *, params=None, chunk_size=256):
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     return np.concatenate(
         [
-            adapter.loss_grad_sq_norms(X, targets, loss)[1]
+            adapter.loss_grad_sq_norms(X, targets, loss)[1].sum(axis=1)
             for X, targets in _labelled_chunks(adapter, data, loss, chunk_size)
         ]
     )

@@ -181,7 +181,7 @@ def per_example_loss(mlp, params, X, y, loss, *, backend="numpy"):
     """``l(f(x_n), y_n)`` for every example, shape (N,) (MATH.md section 4)."""
     with Call(mlp, params, X, backend, y, loss) as c:
         out = c.backend.forward(mlp, c.nparams, c.nX).output
-        return c.numpy(c.loss.per_example(out, c.ntargets, c.backend))
+        return c.numpy(c.loss.per_example(out, c.ntargets))
 
 
 def mean_loss(mlp, params, X, y, loss, *, backend="numpy"):

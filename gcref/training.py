@@ -58,15 +58,15 @@ import numpy as np
 from gcref._checks import check_finite_scalar, check_positive_int, check_rng
 from gcref.backends._autodiff import AutodiffBackend
 from gcref.igr import (
-    _combine,
-    _flat,
-    _pairs,
     gd_penalty_grad_native,
     gd_penalty_native,
     native_gradient,
     per_example_penalty_grad_native,
     per_example_penalty_native,
 )
+from gcref.params import combine as _combine
+from gcref.params import flat_arrays as _flat
+from gcref.params import pairs as _pairs
 from gcref.primitives import Call
 
 __all__ = [

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gcref
-from gcref.mlp import params_map
+from gcref.params import params_map
 from gcref.testing import check_jvp, check_vjp
 from strategies import activations, problems
 

@@ -40,7 +40,7 @@ def test_residual_is_the_derivative_of_the_per_example_loss(loss, data, seed):
     spec = gcref.get_loss(loss)
 
     def per_example(f):
-        return spec.per_example(f, targets, NUMPY)
+        return spec.per_example(f, targets)
 
     # l_n depends on f_n only, so J^T u has rows u_n eps_n. The loss is computed from
     # values of size |f| and |y| (logsumexp(f) - f_y cancels), which sets its rounding noise.
@@ -108,7 +108,7 @@ def test_logistic_loss_is_exact_at_large_logits(f, y):
     logits = np.array([[f]])
     targets = spec.prepare_targets(np.array([y]), 1, 1, np.float64)
     loss, residual = exact_logistic(f, y)
-    assert_near_exact(spec.per_example(logits, targets, NUMPY), [loss], logits)
+    assert_near_exact(spec.per_example(logits, targets), [loss], logits)
     assert_near_exact(spec.residual(logits, targets), [[residual]], logits)
 
 
@@ -121,7 +121,7 @@ def test_softmax_cross_entropy_is_exact_at_large_logits(f, data):
     logits = np.array([f])
     targets = spec.prepare_targets(np.array([label]), 1, len(f), np.float64)
     loss, residual = exact_softmax_cross_entropy(f, label)
-    assert_near_exact(spec.per_example(logits, targets, NUMPY), [loss], logits)
+    assert_near_exact(spec.per_example(logits, targets), [loss], logits)
     assert_near_exact(spec.residual(logits, targets), [residual], logits)
     assert np.all(np.isfinite(spec.hessian_vector(logits, targets, np.ones_like(logits))))
 
@@ -151,8 +151,8 @@ def test_one_hot_rows_and_integer_labels_give_the_same_loss():
     labels = np.array([0, 3, 1])
     onehot = np.eye(4)[labels]
     spec = gcref.get_loss("softmax_cross_entropy")
-    a = spec.per_example(f, prepare("softmax_cross_entropy", labels, 3, 4), NUMPY)
-    b = spec.per_example(f, prepare("softmax_cross_entropy", onehot, 3, 4), NUMPY)
+    a = spec.per_example(f, prepare("softmax_cross_entropy", labels, 3, 4))
+    b = spec.per_example(f, prepare("softmax_cross_entropy", onehot, 3, 4))
     np.testing.assert_array_equal(a, b)
 
 

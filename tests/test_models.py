@@ -56,14 +56,14 @@ class NumpyMLPModel(ModelAdapter):
 
     def loss_grad_sq_norms(self, X, targets, loss):
         X = self._X(X)
-        per = loss.per_example(self.outputs(X), targets, self.backend)
+        per = loss.per_example(self.outputs(X), targets)
         w, b = self.backend.loss_grad_sq_norms(self.mlp, self.params, X, targets, loss)
         return per, w.sum(axis=1) + b.sum(axis=1)
 
     def loss_grad_sum(self, X, targets, loss):
         X = self._X(X)
         n = X.shape[0]
-        total = float(np.sum(loss.per_example(self.outputs(X), targets, self.backend)))
+        total = float(np.sum(loss.per_example(self.outputs(X), targets)))
         grad = self.backend.loss_grad(self.mlp, self.params, X, targets, loss)
         return total, n * gcref.flatten_params(grad)
 

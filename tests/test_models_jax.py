@@ -19,8 +19,8 @@ from jax.flatten_util import ravel_pytree
 
 import gcref
 import gcref.models as gm
-from gcref.backends.jax import JaxModel
-from gcref.mlp import flatten_params, unflatten_params
+from gcref.backends.jax_model import JaxModel
+from gcref.params import flatten_params, unflatten_params
 from gcref.nets.jax import mlp, mlp_apply_from_gcref, small_cnn
 from gcref.tolerances import tolerance
 

@@ -16,8 +16,8 @@ from strategies import assume_unsaturated, problems
 
 import gcref
 import gcref.models as gm
-from gcref.backends.torch import TorchModel
-from gcref.mlp import flatten_params
+from gcref.backends.torch_model import TorchModel
+from gcref.params import flatten_params
 from gcref.nets.torch import SmallCNN, mlp_module, resnet18
 
 RTOL = 1e-9

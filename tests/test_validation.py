@@ -205,7 +205,7 @@ def torch_models_ready():
 
 def test_lr_sweep_runs_a_resnet_on_a_local_cifar10_directory(tmp_path, capsys):
     if not torch_models_ready():
-        pytest.skip("gcref.models has no torch adapter yet (gcref.backends.torch.TorchModel)")
+        pytest.skip("gcref.models has no torch adapter yet (gcref.backends.torch_model.TorchModel)")
     data = tmp_path / "cifar"
     data.mkdir()
     write_cifar10(data, per_batch=8, n_test=8)

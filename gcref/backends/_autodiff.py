@@ -17,14 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from gcref.backends._base import Backend
-
-
-def _flat(params):
-    return tuple(a for pair in params for a in pair)
-
-
-def _pairs(flat):
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+from gcref.params import flat_arrays, pairs
 
 
 class AutodiffBackend(Backend):
@@ -91,11 +84,11 @@ class AutodiffBackend(Backend):
     def param_jacobian(self, mlp, params, X):
         n = X.shape[0]
         dtype = self._dtype(X)
-        copies = tuple(self.stack([a] * n, 0) for a in _flat(params))
+        copies = tuple(self.stack([a] * n, 0) for a in flat_arrays(params))
 
         def output(*flat):
             h = X
-            for i, (W, b) in enumerate(_pairs(flat)):
+            for i, (W, b) in enumerate(pairs(flat)):
                 h = mlp.layer_activation(i).fn(self.xp.einsum("noi,ni->no", W, h) + b, self.xp)
             return h
 
@@ -104,28 +97,28 @@ class AutodiffBackend(Backend):
             for cot in self._onehot_columns(n, mlp.output_dim, dtype)
         ]
         flat = [self.stack([grads[j] for grads in rows], 1) for j in range(len(copies))]
-        return _pairs(flat)
+        return pairs(flat)
 
     def loss_sensitivities(self, mlp, params, X, targets, loss):
         n, dtype = X.shape[0], self._dtype(X)
         shifts = tuple(self._zeros((n, size), dtype) for size in mlp.sizes[1:])
 
         def per_example(*shifts):
-            return loss.per_example(self.forward(mlp, params, X, shifts).output, targets, self)
+            return loss.per_example(self.forward(mlp, params, X, shifts).output, targets)
 
         return list(self.vjp(per_example, shifts, self.asarray(np.ones(n, dtype=dtype))))
 
-    def _mean_loss_of_flat(self, mlp, X, targets, loss):
+    def _mean_loss_offlat_arrays(self, mlp, X, targets, loss):
         def mean_loss(*flat):
-            return self.mean_loss(mlp, _pairs(flat), X, targets, loss)
+            return self.mean_loss(mlp, pairs(flat), X, targets, loss)
 
         return mean_loss
 
     def loss_grad(self, mlp, params, X, targets, loss):
         one = self.asarray(np.ones((), dtype=self._dtype(X)))
-        grads = self.vjp(self._mean_loss_of_flat(mlp, X, targets, loss), _flat(params), one)
-        return _pairs(grads)
+        grads = self.vjp(self._mean_loss_offlat_arrays(mlp, X, targets, loss), flat_arrays(params), one)
+        return pairs(grads)
 
     def loss_hvp(self, mlp, params, X, targets, loss, vector):
-        fn = self._mean_loss_of_flat(mlp, X, targets, loss)
-        return _pairs(self.hvp(fn, _flat(params), _flat(vector)))
+        fn = self._mean_loss_offlat_arrays(mlp, X, targets, loss)
+        return pairs(self.hvp(fn, flat_arrays(params), flat_arrays(vector)))

@@ -130,7 +130,7 @@ class Backend:
     def mean_loss(self, mlp, params, X, targets, loss):
         """Mean loss L(theta) (MATH.md section 4)."""
         out = self.forward(mlp, params, X).output
-        per = loss.per_example(out, targets, self)
+        per = loss.per_example(out, targets)
         return self.sum_rows(per[None, :])[0] / per.shape[0]
 
     def param_grad_sq_norms(self, mlp, params, X):

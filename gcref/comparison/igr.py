@@ -18,7 +18,7 @@ from gcref.igr import (
     modified_loss_sgd,
     modified_loss_sgd_grad,
 )
-from gcref.mlp import flatten_params
+from gcref.params import flatten_params
 
 STEP = 0.1
 

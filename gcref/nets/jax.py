@@ -5,7 +5,7 @@ shape ``input_shape`` (``key`` a JAX PRNG key or a ``numpy.random.Generator``);
 ``apply(params, x)`` maps a batch ``x`` of shape
 ``(n, *input_shape)`` to outputs of shape ``(n, k)``: the form :mod:`gcref.models` takes.
 The factories are cached, so that equal arguments give the same ``apply`` function and
-:class:`gcref.backends.jax.JaxModel` reuses its compilations.
+:class:`gcref.backends.jax_model.JaxModel` reuses its compilations.
 
 Images are channels-last (``NHWC``), JAX's native convolution layout.
 

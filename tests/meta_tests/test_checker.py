@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gcref
-from gcref.mlp import params_map
+from gcref.params import params_map
 from gcref.testing import DerivativeCheckError, check_jvp, check_vjp
 
 PLANTED = 1.001

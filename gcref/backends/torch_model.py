@@ -1,0 +1,483 @@
+"""Users' own ``torch.nn.Module`` models as a :class:`~gcref.backends._base.ModelAdapter`.
+
+The MLP backend of the same framework is :mod:`gcref.backends.torch`; the per-layer rules of
+the norm identities are in :mod:`gcref.backends.torch_layers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from gcref.backends._base import ModelAdapter
+from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
+
+
+#: Forward mode pushes at most this many (example, tangent) pairs through one vmapped
+#: Jacobian-vector product (or one chunk's examples, if more): the memory of a forward
+#: pass over that many examples.
+_FORWARD_PAIRS = 256
+
+
+class TorchModel(ModelAdapter):
+    """A ``torch.nn.Module`` as a :class:`~gcref.backends._base.ModelAdapter`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Called on a batch ``X`` of shape ``(n, *input_shape)``; returns ``(n, k)`` (any
+        output of shape ``(n, ...)`` is flattened to ``(n, k)``).
+    norm_method : {"auto", "gram", "gradient", "vmap"}
+        How per-example squared gradient norms are taken (see Notes); ``"gram"`` and
+        ``"gradient"`` force one form on every convolution and every linear layer with
+        extra dimensions, ``"vmap"`` forces the fallback. Every method gives the same
+        numbers up to rounding: the choice is one of speed.
+
+    Notes
+    -----
+    **theta** is the list of the module's parameters that require grad, in
+    ``module.parameters()`` order; :meth:`parameter_vector`, :meth:`loss_grad_sum` and
+    :meth:`loss_hvp_sum` flatten them in that order (each tensor row-major).
+
+    **Inference mode.** Each call switches the module to ``eval()`` and restores every
+    submodule's ``training`` flag afterwards, so BatchNorm uses its running statistics
+    and dropout is off: every example is computed independently of the others.
+
+    **Inputs** are converted to tensors on the device and in the dtype of the module's
+    parameters (float32 unless the module is float64 or bf16); sums of squares are taken
+    in float64 whatever that dtype. Measured against float64 (32 random 3x16x16
+    inputs): float32 agrees to 2e-7 per example; bf16 (inputs rounded to bf16 too) to
+    8% per example and 0.2% on the mean for GC of a ResNet-18 of width 8, and to 3% / 0.2%
+    for the loss-gradient norms.
+
+    **Input Jacobians** (MATH.md section 2) are taken on the module called through
+    ``torch.func.functional_call`` with its parameters detached, so no weight gradient is
+    ever computed: reverse mode is one forward pass and k input-only vector-Jacobian
+    products, forward mode d Jacobian-vector products.
+
+    **Per-example squared gradient norms** (MATH.md section 1, last identity) use, when
+    every module that holds trainable parameters directly is an ``nn.Linear``, an
+    ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding given as numbers or
+    ``"valid"``) or an ``nn.BatchNorm1d/2d/3d`` with running statistics, each called once
+    per forward pass and sharing no parameter: one forward pass records each layer's
+    input ``a`` and output, one backward pass per cotangent (to the layer outputs only,
+    so again no weight gradient) gives ``g``, the gradient of ``sum_n f_o(x_n)`` (one
+    pass per output o) or of ``sum_n l_n`` (one pass) with respect to the layer's output,
+    and per layer and example
+
+    - linear, ``a`` of shape ``(n, d_in)``: ``||g||^2 ||a||^2`` for the weight and
+      ``||g||^2`` for the bias; with extra dimensions ``(n, T, d_in)``, as for a
+      convolution below with ``U = A^T``;
+    - convolution: with the unfolded input patches ``U`` of shape ``(n, C kh kw, T)`` and
+      ``G`` of shape ``(n, C_out, T)`` over the T output positions, either the Gram form
+      ``sum_{t,t'} (G^T G)_{tt'} (U^T U)_{tt'}`` (cost ``~ n T^2 (C_out + C kh kw)``) or
+      the squared norm of the per-example gradient ``G U^T`` (cost ``~ n T C_out C kh kw``),
+      whichever is cheaper for that layer; the bias ``||sum_t G_t||^2``;
+    - BatchNorm: ``||sum g x_hat||^2`` for the weight, with ``x_hat`` normalised by the
+      running statistics and the sum over every dimension but the example and the
+      channel, and ``||sum g||^2`` for the bias.
+
+    The per-example gradients ``G U^T`` of a convolution are the weight gradient of one
+    convolution grouped by example (``torch.nn.grad.conv2d_weight``), with no unfolded
+    copy of the input; ``U`` is unfolded for the Gram form only. A layer output that a
+    later in-place operation overwrites (an in-place ReLU) is detected and the forward
+    pass repeated with that output copied.
+
+    Any other module holding trainable parameters (or a layer called twice, a shared
+    parameter) sends the whole model to the fallback: ``torch.func.vmap`` of the
+    per-example gradient (or Jacobian) of the module called on one example.
+    """
+
+    def __init__(self, module, *, norm_method="auto"):
+        import torch
+
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
+        if norm_method not in NORM_METHODS:
+            raise ValueError(f"unknown norm_method {norm_method!r}; expected one of {NORM_METHODS}")
+        self._torch = torch
+        self.module = module
+        self.norm_method = norm_method
+
+    # -- placement, inputs, calls ----------------------------------------------------------
+
+    def _placement(self):
+        """The device and dtype inputs are converted to: those of the first floating parameter."""
+        torch = self._torch
+        for t in list(self.module.parameters()) + list(self.module.buffers()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
+
+    def _trainable(self):
+        """``[(name, parameter)]`` of theta, in ``module.parameters()`` order."""
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(
+                "the module has no parameter that requires grad: gradients and Hessians with "
+                "respect to theta need at least one"
+            )
+        return named
+
+    def _input(self, X):
+        torch = self._torch
+        if isinstance(X, torch.Tensor):
+            if not X.is_floating_point():
+                raise TypeError(f"X must have a floating dtype; got {X.dtype}")
+            X = X.detach()
+        else:
+            array = np.asarray(X)
+            if array.dtype.kind != "f":
+                raise TypeError(
+                    f"X must have a floating dtype; got {array.dtype}. "
+                    "Convert it with X.astype(numpy.float32)"
+                )
+            X = torch.as_tensor(array)
+        device, dtype = self._placement()
+        X = X.to(device=device, dtype=dtype)
+        # The sum is finite for finite data unless it overflows: a scan 30x cheaper than
+        # the element-wise one, which runs only when the sum is not finite.
+        if not bool(torch.isfinite(X.sum())) and not bool(torch.isfinite(X).all()):
+            raise ValueError(f"X contains NaN or infinite values (in the module's dtype {dtype})")
+        return X
+
+    def _targets(self, targets, like):
+        return self._torch.as_tensor(np.asarray(targets), dtype=like.dtype, device=like.device)
+
+    def _call(self, fn, X):
+        """``fn(X)`` flattened to ``(n, k)``; an error of the module's own names X's shape."""
+        torch = self._torch
+        try:
+            out = fn(X)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:
+            raise ValueError(
+                f"the module cannot be called on X with examples of shape {tuple(X.shape[1:])}: "
+                f"{err}"
+            ) from err
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"the module must return one tensor of shape (n, k); got {type(out).__name__}"
+            )
+        if out.ndim == 0 or out.shape[0] != X.shape[0]:
+            raise ValueError(
+                f"the module must return shape (n, k) for X of shape {tuple(X.shape)}; "
+                f"got {tuple(out.shape)}"
+            )
+        return out.reshape(X.shape[0], -1)
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """``eval()`` inside, every submodule's training flag restored after."""
+        flags = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        try:
+            yield
+        finally:
+            for m, training in flags:
+                m.training = training
+
+    def _detached_function(self):
+        """``x -> module(x)`` with parameters detached: derivatives reach the input only."""
+        detached = {n: p.detach() for n, p in self.module.named_parameters()}
+        return lambda x: self._torch.func.functional_call(self.module, detached, (x,))
+
+    # -- input Jacobians -------------------------------------------------------------------
+
+    def outputs(self, X):
+        X = self._input(X)
+        with self._inference(), self._torch.no_grad():
+            return self._call(self.module, X).double().cpu().numpy()
+
+    def _input_vjps(self, X, cotangents):
+        """``||sum_o c_{n,o} df_o/dx_n||^2`` per example, for each ``(n, k)`` cotangent ``c``."""
+        torch = self._torch
+        X = self._input(X).requires_grad_(True)
+        results = []
+        with self._inference(), torch.enable_grad():
+            f = self._call(self._detached_function(), X)
+            cotangents = list(cotangents(f))
+            for j, c in enumerate(cotangents):
+                (g,) = torch.autograd.grad(
+                    f, X, grad_outputs=c, retain_graph=j < len(cotangents) - 1, allow_unused=True
+                )
+                results.append(_row_sq_norms(g, X, torch))
+        return results
+
+    def jacobian_sq_norms(self, X, mode):
+        if mode == "forward":
+            return self._forward_jacobian_sq_norms(X)
+
+        def basis(f):
+            for o in range(f.shape[1]):
+                c = self._torch.zeros_like(f)
+                c[:, o] = 1
+                yield c
+
+        return self._torch.stack(self._input_vjps(X, basis)).sum(dim=0).cpu().numpy()
+
+    def _forward_jacobian_sq_norms(self, X):
+        """d Jacobian-vector products along the input basis, vmapped in blocks of tangents."""
+        torch = self._torch
+        X = self._input(X)
+        n, d = X.shape[0], X[0].numel()
+        fn = self._detached_function()
+        block = max(1, _FORWARD_PAIRS // n)
+        total = torch.zeros(n, dtype=torch.float64, device=X.device)
+
+        def jvp(tangent):
+            return torch.func.jvp(fn, (X,), (tangent,))[1]
+
+        with self._inference():
+            self._call(fn, X[:1])
+            basis = torch.eye(d, dtype=X.dtype, device=X.device)
+            for start in range(0, d, block):
+                rows = basis[start : start + block]
+                tangents = rows[:, None, :].expand(rows.shape[0], n, d).reshape(-1, *X.shape)
+                jv = torch.func.vmap(jvp)(tangents)
+                total += jv.reshape(rows.shape[0], n, -1).double().square().sum(dim=(0, 2))
+        return total.cpu().numpy()
+
+    def probe_sq_norms(self, X, probes):
+        probes = np.asarray(probes)
+
+        def cotangents(f):
+            return (self._targets(probes[:, j, :], f) for j in range(probes.shape[1]))
+
+        values = self._input_vjps(X, cotangents)
+        return np.stack([v.cpu().numpy() for v in values], axis=1)
+
+    # -- per-example parameter-gradient norms ----------------------------------------------
+
+    def parameter_names(self):
+        return tuple(name for name, _ in self._trainable())
+
+    @contextlib.contextmanager
+    def _identity_pass(self, X):
+        """Inference mode with one recorded forward pass: ``(X, trainable, f, recorder)``.
+
+        ``recorder`` is ``None`` (and ``f`` may be) when the model needs the ``vmap``
+        fallback instead of the norm identities.
+        """
+        X = self._input(X)
+        trainable = self._trainable()
+        with self._inference():
+            layers = None if self.norm_method == "vmap" else rule_layers(self.module, trainable)
+            if layers is None:
+                yield X, trainable, None, None
+            else:
+                f, recorder = record_forward(
+                    lambda x: self._call(self.module, x), X, layers, self.norm_method
+                )
+                yield X, trainable, f, recorder
+
+    def _columns(self, norms, trainable, n, device):
+        """``{id(p): (n,)}`` as float64 ``(n, T)`` in theta's order (zero where unused)."""
+        torch = self._torch
+        zero = torch.zeros(n, dtype=torch.float64, device=device)
+        return torch.stack([norms.get(id(p), zero) for _, p in trainable], dim=1)
+
+    def output_grad_sq_norms(self, X):
+        with self._identity_pass(X) as (X, trainable, f, recorder):
+            if recorder is None:
+                return self._vmap_output_sq_norms(X, trainable)
+            total = 0
+            for o in range(f.shape[1]):
+                c = self._torch.zeros_like(f)
+                c[:, o] = 1
+                norms = recorder.sq_norms(f, c, retain=o < f.shape[1] - 1)
+                total = total + self._columns(norms, trainable, X.shape[0], f.device)
+            return total.cpu().numpy()
+
+    def loss_grad_sq_norms(self, X, targets, loss):
+        with self._identity_pass(X) as (X, trainable, f, recorder):
+            if recorder is None:
+                return self._vmap_loss_sq_norms(X, targets, loss, trainable)
+            losses = loss.per_example(f, self._targets(targets, f))
+            norms = recorder.sq_norms(losses.sum(), None, retain=False)
+            sq = self._columns(norms, trainable, X.shape[0], f.device)
+            return losses.detach().double().cpu().numpy(), sq.cpu().numpy()
+
+    def loss_grad_sum_and_sq_norms(self, X, targets, loss):
+        # One backward pass gives the per-example norms (through the layer outputs) and
+        # the summed gradient (through the parameters).
+        with self._identity_pass(X) as (X, trainable, f, recorder):
+            if recorder is not None:
+                params = [p for _, p in trainable]
+                total = loss.per_example(f, self._targets(targets, f)).sum()
+                norms, grads = recorder.sq_norms(total, None, retain=False, params=params)
+                return (
+                    float(total.detach().double()),
+                    _flat64(grads, params, self._torch),
+                    self._columns(norms, trainable, X.shape[0], f.device).cpu().numpy(),
+                )
+        return super().loss_grad_sum_and_sq_norms(X, targets, loss)
+
+    def per_example_penalty_grad_sum(self, X, targets, loss):
+        """``sum_n H_n grad_theta l_n``, half the gradient of ``sum_n ||grad_theta l_n||^2``.
+
+        The norm identities are differentiable: one recorded forward pass keeping the
+        graph, one backward pass with ``create_graph`` to the layer outputs, and one more
+        through the sum of the norms to the parameters. The fallback differentiates the
+        ``vmap``-ped per-example gradients.
+        """
+        torch = self._torch
+        X = self._input(X)
+        trainable = self._trainable()
+        params = [p for _, p in trainable]
+        with self._inference(), torch.enable_grad():
+            layers = None if self.norm_method == "vmap" else rule_layers(self.module, trainable)
+            if layers is not None:
+                f, recorder = record_forward(
+                    lambda x: self._call(self.module, x), X, layers, self.norm_method,
+                    keep_graph=True,
+                )
+            if layers is None or recorder is None:
+                penalty = self._vmap_penalty(X, targets, loss, trainable)
+            else:
+                total = loss.per_example(f, self._targets(targets, f)).sum()
+                norms = recorder.sq_norms(total, None, retain=True, create_graph=True)
+                penalty = sum(norms.values())
+                penalty = penalty.sum() if isinstance(penalty, torch.Tensor) else None
+            if penalty is None or not penalty.requires_grad:
+                return torch.zeros(
+                    sum(p.numel() for p in params), dtype=torch.float64, device=X.device
+                )
+            grads = torch.autograd.grad(penalty, params, allow_unused=True)
+        return 0.5 * _flat64(grads, params, torch)
+
+    def _vmap_penalty(self, X, targets, loss, trainable):
+        """``sum_n ||grad_theta l_n||^2`` through ``vmap(grad)``, differentiable in theta."""
+        torch = self._torch
+        f_one = self._per_example_function()
+        params = {n: p for n, p in trainable}
+        self._call(self.module, X[:1])
+        T = self._targets(targets, X)
+
+        def loss_one(params, x, t):
+            return loss.per_example(f_one(params, x)[None], t[None])[0]
+
+        grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, X, T)
+        return sum(g.double().square().sum() for g in grads.values())
+
+    def vector_sq_norm(self, vector):
+        return float(self._torch.dot(vector, vector))
+
+    def _per_example_function(self):
+        def f_one(params, x):
+            out = self._torch.func.functional_call(self.module, params, (x.unsqueeze(0),))
+            return out.reshape(-1)
+
+        return f_one
+
+    def _vmap_output_sq_norms(self, X, trainable):
+        torch = self._torch
+        f_one = self._per_example_function()
+        params = {n: p.detach() for n, p in trainable}
+        self._call(self.module, X[:1])
+        jac = torch.func.vmap(torch.func.jacrev(f_one), in_dims=(None, 0))(params, X)
+        return _tree_columns(jac, trainable, X.shape[0], torch).cpu().numpy()
+
+    def _vmap_loss_sq_norms(self, X, targets, loss, trainable):
+        torch = self._torch
+        f_one = self._per_example_function()
+        params = {n: p.detach() for n, p in trainable}
+        self._call(self.module, X[:1])
+        T = self._targets(targets, X)
+
+        def loss_one(params, x, t):
+            return loss.per_example(f_one(params, x)[None], t[None])[0]
+
+        grads, losses = torch.func.vmap(torch.func.grad_and_value(loss_one), in_dims=(None, 0, 0))(
+            params, X, T
+        )
+        sq = _tree_columns(grads, trainable, X.shape[0], torch)
+        return losses.double().cpu().numpy(), sq.cpu().numpy()
+
+    # -- gradients and Hessian-vector products of the summed loss --------------------------
+
+    def _summed_loss(self, X, targets, loss):
+        f = self._call(self.module, X)
+        return loss.per_example(f, self._targets(targets, f)).sum()
+
+    def loss_grad_sum(self, X, targets, loss):
+        torch = self._torch
+        X = self._input(X)
+        params = [p for _, p in self._trainable()]
+        with self._inference(), torch.enable_grad():
+            total = self._summed_loss(X, targets, loss)
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        return float(total.detach().double()), _flat64(grads, params, torch)
+
+    def loss_hvp_sum(self, X, targets, loss, vector):
+        torch = self._torch
+        X = self._input(X)
+        params = [p for _, p in self._trainable()]
+        pieces = torch.split(vector, [p.numel() for p in params])
+        with self._inference(), torch.enable_grad():
+            total = self._summed_loss(X, targets, loss)
+            grads = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
+            directional = sum(
+                (g * v.reshape(p.shape).to(g.dtype)).sum()
+                for g, v, p in zip(grads, pieces, params)
+                if g is not None
+            )
+            if not isinstance(directional, torch.Tensor) or not directional.requires_grad:
+                return torch.zeros(vector.shape, dtype=torch.float64, device=vector.device)
+            hv = torch.autograd.grad(directional, params, allow_unused=True)
+        return _flat64(hv, params, torch).to(vector.device)
+
+    # -- vectors and processes -------------------------------------------------------------
+
+    def parameter_vector(self):
+        params = [p for _, p in self._trainable()]
+        return _flat64([p.detach() for p in params], params, self._torch).cpu().numpy()
+
+    def to_native_vector(self, vector):
+        device, _ = self._placement()
+        return self._torch.as_tensor(
+            np.asarray(vector, dtype=np.float64), dtype=self._torch.float64, device=device
+        )
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else np.asarray(x)
+
+    def all_reduce_sum(self, x):
+        torch = self._torch
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return x
+        device = self._placement()[0] if dist.get_backend() == "nccl" else torch.device("cpu")
+        if isinstance(x, torch.Tensor):
+            t = x.detach().to(device=device, dtype=torch.float64).clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return t.to(x.device)
+        t = torch.as_tensor(np.asarray(x, dtype=np.float64), device=device).clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+
+def _row_sq_norms(g, X, torch):
+    """Squared norm of each example's row of ``g`` (an input gradient), float64 ``(n,)``."""
+    if g is None:
+        return torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
+    return compute_dtype(g).reshape(g.shape[0], -1).square().sum(dim=1, dtype=torch.float64)
+
+
+def _tree_columns(tree, trainable, n, torch):
+    """Per-example squared norms of each named per-example gradient, float64 ``(n, T)``."""
+    return torch.stack(
+        [tree[name].reshape(n, -1).double().square().sum(dim=1) for name, _ in trainable], dim=1
+    )
+
+
+def _flat64(grads, params, torch):
+    """Gradients (``None`` where unused) as one float64 vector in theta's order."""
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1).to(torch.float64)
+            for g, p in zip(grads, params)
+        ]
+    )

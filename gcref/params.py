@@ -1,0 +1,94 @@
+"""Parameter trees: the one place where parameters are flattened, rebuilt and combined.
+
+An MLP's parameters are a sequence of ``(W_i, b_i)`` pairs, in NumPy or in any
+framework's arrays (docs/math.md section 1). Users' models have their own trees (a torch
+module's parameters, a JAX pytree); their adapters flatten them into one vector in a
+fixed order (:meth:`gcref.backends.adapter.ModelAdapter.parameter_vector`), and every
+vector gcref returns for them follows that order.
+
+Functions here work on any framework's arrays unless they say NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "combine",
+    "flat_arrays",
+    "flatten_params",
+    "pairs",
+    "params_dtype",
+    "params_inner",
+    "params_map",
+    "scale",
+    "sq_norm",
+    "unflatten_params",
+]
+
+
+def flat_arrays(params):
+    """``((W_1, b_1), ..., (W_l, b_l))`` -> ``(W_1, b_1, ..., W_l, b_l)``."""
+    return tuple(a for pair in params for a in pair)
+
+
+def pairs(flat):
+    """Inverse of :func:`flat_arrays`: a list of ``(W_i, b_i)``."""
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def combine(alpha, x, beta, y):
+    """``alpha x + beta y`` for two parameter lists of the same structure."""
+    return [(alpha * A + beta * B, alpha * a + beta * b) for (A, a), (B, b) in zip(x, y)]
+
+
+def scale(alpha, x):
+    """``alpha x`` for a parameter list."""
+    return [(alpha * A, alpha * a) for A, a in x]
+
+
+def sq_norm(params, xp):
+    """``sum_i ||W_i||_F^2 + ||b_i||^2``, a scalar of the arrays' framework (``xp`` its namespace)."""
+    return sum(xp.sum(A * A) + xp.sum(a * a) for A, a in params)
+
+
+def params_dtype(params):
+    """dtype of the first weight matrix (NumPy)."""
+    return np.asarray(params[0][0]).dtype
+
+
+def flatten_params(params):
+    """Concatenate ``(W_1, b_1, ..., W_l, b_l)`` into one NumPy vector, each array row-major."""
+    return np.concatenate([np.ravel(a) for a in flat_arrays(params)])
+
+
+def unflatten_params(vector, like):
+    """Inverse of :func:`flatten_params`, with the shapes of ``like`` (NumPy).
+
+    Raises
+    ------
+    ValueError
+        When ``vector`` does not have exactly as many entries as ``like``.
+    """
+    vector = np.asarray(vector)
+    out, pos = [], 0
+    for W, b in like:
+        W, b = np.asarray(W), np.asarray(b)
+        w = vector[pos : pos + W.size].reshape(W.shape)
+        pos += W.size
+        c = vector[pos : pos + b.size].reshape(b.shape)
+        pos += b.size
+        out.append((w, c))
+    if pos != vector.size:
+        raise ValueError(f"vector has {vector.size} entries; the parameters have {pos}")
+    return tuple(out)
+
+
+def params_map(fn, *trees):
+    """Apply ``fn`` entry-wise to one or more parameter tuples of the same structure."""
+    return tuple(tuple(fn(*arrays) for arrays in zip(*group)) for group in zip(*trees))
+
+
+def params_inner(a, b):
+    """Euclidean inner product of two parameter tuples (NumPy), a float."""
+    return float(sum(np.vdot(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb)))
