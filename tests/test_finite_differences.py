@@ -23,7 +23,7 @@ from hypothesis.extra import numpy as hnp
 
 import gcref
 from gcref.params import params_map
-from gcref.testing import check_jvp, check_vjp
+from gcref.testing import central_difference, check_jvp, check_vjp, default_rtol
 from strategies import activations, problems
 
 LOSS_OUTPUTS = {"squared": (1, 4), "logistic": (1, 1), "softmax_cross_entropy": (2, 4)}
@@ -174,3 +174,56 @@ def test_activation_derivatives_match_finite_differences(activation, x, seed):
     fn_scale = max(1.0, float(np.max(np.abs(x))))
     check_jvp(act, x, lambda v: act.d1(x) * v, rng, fn_scale=fn_scale)
     check_jvp(act.d1, x, lambda v: act.d2(x) * v, rng, fn_scale=fn_scale)
+
+
+def deep_linear_logistic_problem():
+    """The thorough profile's counterexample of issue 16: a deep linear net with large weights.
+
+    ``MLP((1, 4, 1, 2, 1), activation="identity")`` with weights up to 6.8 and two inputs,
+    under the logistic loss (drawn by ``problems()`` at scale 2). Along a random direction
+    ``v`` the output moves by ``D_v f ~ 100``, so the loss's third derivative is ~10^4 times
+    its first and a single central difference errs by more than the float64 tolerance.
+    """
+    mlp = gcref.MLP((1, 4, 1, 2, 1), activation="identity")
+    params = mlp.check_params((
+        (np.array([[1.7886077147614492], [-1.864556323099288], [-1.5065431780421568],
+                   [1.5105296874349752]]),
+         np.array([-6.340679302920316, -3.2828300111101543, -1.9826395313308347,
+                   2.7327028902633828])),
+        (np.array([[2.88647445114613, 0.6564440162213022, -0.5437852129882019,
+                    0.47323092856406607]]),
+         np.array([0.6551947367834692])),
+        (np.array([[0.7327033388004444], [-6.818363154395353]]),
+         np.array([2.1959432662103384, -0.962437069516862])),
+        (np.array([[1.8776565938737104, 0.1639775334174832]]), np.array([0.5235510960934663])),
+    ))
+    X = np.array([[-0.06577256310185237], [-1.1793905574456736]])
+    return mlp, params, X, np.array([1, 0])
+
+
+def test_loss_grad_of_a_deep_linear_net_with_large_weights_passes_the_checker():
+    """Regression (issue 16 item 1): the check compares with a Richardson extrapolation."""
+    mlp, params, X, y = deep_linear_logistic_problem()
+
+    def mean_loss(theta):
+        return gcref.mean_loss(mlp, theta, X, y, "logistic")
+
+    grad = gcref.loss_grad(mlp, params, X, y, "logistic")
+    flat = gcref.flatten_params(grad)
+    rng = np.random.default_rng(0)
+    one_step_errors = []
+    for _ in range(40):
+        v = rng.normal(size=flat.size)
+        plain = central_difference(mean_loss, params, gcref.unflatten_params(v, params))[0]
+        one_step_errors.append(abs(plain - flat @ v) / (np.linalg.norm(flat) * np.linalg.norm(v)))
+    rtol = default_rtol(np.float64)
+    assert max(one_step_errors) > rtol, "the example no longer defeats a single central difference"
+    fn_scale = max(1.0, float(np.max(np.abs(gcref.predict(mlp, params, X)))))
+    result = check_vjp(mean_loss, params, lambda u: scalar_times(u, grad), np.random.default_rng(1),
+                       n_probes=40, fn_scale=fn_scale, raise_on_failure=False)
+    assert result.passed, result
+    assert result.error < rtol / 100
+    planted = check_vjp(mean_loss, params, lambda u: scalar_times(1.001 * u, grad),
+                        np.random.default_rng(1), n_probes=40, fn_scale=fn_scale,
+                        raise_on_failure=False)
+    assert not planted.passed, planted
