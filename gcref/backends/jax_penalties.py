@@ -34,7 +34,7 @@ Index conventions: ``n`` examples, ``k`` outputs, ``P`` probes per example.
 from __future__ import annotations
 
 from gcref._checks import check_positive_int
-from gcref.complexity import PROBES
+from gcref.models import PROBES
 from gcref.losses import get_loss
 
 EXAMPLES = ("independent", "coupled")

@@ -47,7 +47,7 @@ import numpy as np
 
 from gcref._checks import check_positive_int, check_rng
 from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
-from gcref.complexity import PROBES, _draw_probes
+from gcref.models import PROBES, draw_probes
 from gcref.losses import get_loss
 
 EXAMPLES = ("auto", "independent", "coupled")
@@ -136,7 +136,7 @@ def estimate_geometric_complexity(
     x = x.detach().requires_grad_(True)
     f = _forward(module, x)
     n, k = f.shape
-    v = torch.as_tensor(_draw_probes(rng, probe, (n, n_probes, k)), dtype=f.dtype, device=f.device)
+    v = torch.as_tensor(draw_probes(rng, probe, (n, n_probes, k)), dtype=f.dtype, device=f.device)
     if examples == "coupled":
         # Cotangent (m, p) carries probe v_{m,p} on row m only.
         eye = torch.eye(n, dtype=f.dtype, device=f.device)
