@@ -2,20 +2,26 @@
 
 ``gcref compare`` evaluates every registered quantity (the core primitives and every
 quantity a feature module adds) in every installed backend on a built-in problem, prints
-one table (quantity, backend, value, largest relative deviation from ``numpy``, seconds)
-and exits 1 when a deviation exceeds the tolerance, 0 otherwise; bad options exit 2.
+one table (quantity, backend, value, largest relative deviation from ``numpy``, seconds),
+a line that explains the columns, and a verdict; it exits 1 when a deviation exceeds the
+tolerance, 0 otherwise; bad options exit 2. Besides the gcref backends, which run the MLP
+functions, the model backends ``torch-module`` and ``jax-function`` run
+:mod:`gcref.models` on the same MLP as a torch module and as a JAX function, for the
+quantities :mod:`gcref.models` computes. ``gcref compare --help`` lists the quantities.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import textwrap
 
 import numpy as np
 
 import gcref
-from gcref.comparison import runner
+from gcref.comparison import registry, runner
 from gcref.tolerances import tolerance
 
 _DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -72,6 +78,49 @@ def _positive_float(text):
     return value
 
 
+VALUE_NOTATION = (
+    "value: a scalar is printed as is; an array as [shape] |.|=norm, its shape and the "
+    "Euclidean norm of all its entries (the full arrays are in --json); - when the row "
+    "failed"
+)
+DEVIATION_NOTATION = (
+    "max_rel_dev: max |value - numpy value| / max(max |numpy value|, atol/rtol), "
+    "element-wise over the row"
+)
+
+
+def _plain(text):
+    """A docstring line for the terminal: reST literals and roles unwrapped."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _seconds_notation(repeats="--repeats"):
+    return f"seconds: the best wall time of {repeats} timed calls, after one untimed warm-up call"
+
+
+def compare_epilog():
+    """The ``gcref compare --help`` text after the options: quantities, backends, columns."""
+    rows, import_errors = runner.load_rows()
+    width = max(len(name) for name in rows) + 2
+    lines = ["quantities (for --quantities; * = also computed by the model backends):"]
+    for name, fn in rows.items():
+        mark = "*" if name in registry.MODEL_ROWS else " "
+        description = _plain(registry.describe(fn)) or "(no description)"
+        wrapped = textwrap.wrap(description, 100 - width - 4) or [""]
+        lines.append(f" {mark} {name.ljust(width)}{wrapped[0]}")
+        lines += [" " * (width + 3) + more for more in wrapped[1:]]
+    lines += [f"  (not listed: {module} did not import: {error})" for module, error in import_errors.items()]
+    lines += ["", "backends (for --backends):"]
+    lines.append(f"   {', '.join(gcref.backend_names())}: the gcref.MLP functions in that framework")
+    for backend in registry.MODEL_BACKENDS.values():
+        lines.append(f"   {backend.name}: {backend.description}")
+    lines += ["", "columns:"]
+    for note in (VALUE_NOTATION, DEVIATION_NOTATION, _seconds_notation()):
+        lines += textwrap.wrap(note, 97, initial_indent="   ", subsequent_indent="     ")
+    return "\n".join(lines)
+
+
 def build_parser():
     """The ``gcref`` argument parser, with its ``compare`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -86,17 +135,22 @@ def build_parser():
         description=(
             "Evaluate every registered quantity in every chosen backend on a small MLP with "
             "synthetic data, and print its value, its largest relative deviation from the "
-            "numpy backend and its time. Exit status: 0 when every deviation is within "
-            "tolerance, 1 otherwise, 2 for bad options."
+            "numpy backend and its time. The model backends evaluate the quantities marked * "
+            "on the same MLP as a torch module and as a JAX function, through gcref.models. "
+            "Exit status: 0 when every deviation is within tolerance, 1 otherwise, 2 for "
+            "bad options."
         ),
+        epilog=compare_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compare.add_argument(
         "--backends",
         type=_comma_list,
         default=None,
         help=(
-            f"comma-separated backends among {','.join(gcref.backend_names())} "
-            "(default: every installed one; numpy is always run as the reference)"
+            f"comma-separated backends among {','.join(gcref.backend_names())} and the model "
+            f"backends {','.join(registry.MODEL_BACKENDS)} (default: every installed one; "
+            "numpy is always run as the reference)"
         ),
     )
     compare.add_argument(
@@ -138,7 +192,8 @@ def build_parser():
         "--repeats",
         type=_positive_int,
         default=1,
-        help="evaluations per row and backend; the best time is reported (default: 1)",
+        help="timed evaluations per row and backend, after one untimed warm-up call (JIT "
+        "compilation); the best time is reported (default: 1)",
     )
     compare.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     return parser
@@ -186,6 +241,7 @@ def _compare(args):
         f"deviations relative to numpy, tolerance {result.tolerance:.1e}"
     )
     print(format_table(result))
+    print(legend(args.repeats))
     print(summary_line(result))
     if args.json:
         try:
@@ -226,6 +282,17 @@ def format_table(result):
         out.append("  ".join(cells + ([line[5]] if line[5] else [])).rstrip())
     out.insert(1, "-" * len(out[0]))
     return "\n".join(out)
+
+
+def legend(repeats):
+    """The line under the table that explains its value, max_rel_dev and seconds columns."""
+    return "; ".join(
+        [
+            "value: a scalar, or [shape] |.|=Euclidean norm of all entries",
+            "max_rel_dev: max |value - numpy| / max(max |numpy|, atol/rtol)",
+            f"seconds: best of {repeats} timed call{'s' if repeats > 1 else ''} after a warm-up call",
+        ]
+    )
 
 
 def summary_line(result):

@@ -2,7 +2,8 @@
 
 The full comparison runs once per dtype (module-scoped fixtures); the planted-error tests
 run on ``numpy`` and ``autograd`` only, which are fast and enough to show that a 1%
-deviation or a raising row turns the exit status to 1.
+deviation or a raising row turns the exit status to 1. Model backends (users' models) are
+checked on the full run, and their mechanics with a planted NumPy "model".
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import pytest
 import gcref
 from gcref.cli import main
 from gcref.comparison import runner
-from gcref.comparison.registry import ROWS
+from gcref.comparison.registry import MODEL_BACKENDS, MODEL_ROWS, ROWS, ModelBackend
 
 from conftest import require_backend
 
@@ -42,6 +44,20 @@ CORE_QUANTITIES = [
     "loss_hvp",
 ]
 ROW_KEYS = {"quantity", "backend", "value", "max_rel_dev", "seconds"}
+# The quantities gcref.models computes for a torch module and a JAX function (issue 11).
+MODEL_QUANTITIES = [
+    "geometric_complexity",
+    "dirichlet_energy",
+    "geometric_complexity_estimate",
+    "param_grad_sq_norms_total",
+    "loss_grad_sq_norms_total",
+    "igr_terms",
+    "modified_loss_gd",
+    "modified_loss_sgd",
+    "modified_loss_per_example",
+    "loss_hvp",
+]
+MODEL_FRAMEWORKS = {"torch-module": "torch", "jax-function": "jax"}
 
 
 def run_main(argv):
@@ -60,9 +76,11 @@ def run_compare_json(tmp_path, *options):
 
 
 def expected_backends():
+    """The gcref backends then the model backends a default run evaluates."""
     for name in gcref.backend_names():
         require_backend(name)
-    return gcref.available_backends()
+    installed = gcref.available_backends()
+    return installed + [m for m, framework in MODEL_FRAMEWORKS.items() if framework in installed]
 
 
 @pytest.fixture(scope="module", params=["float64", "float32"], ids=lambda d: f"dtype={d}")
@@ -105,7 +123,26 @@ def test_one_row_per_quantity_and_backend(full_run):
     assert set(CORE_QUANTITIES) <= set(quantities)
     # Feature modules may appear while the suite runs; a probe row checks "every row" below.
     assert set(quantities) <= registered
-    assert set(pairs) == {(q, b) for q in quantities for b in data["backends"]}
+    mlp_backends = [b for b in data["backends"] if b not in MODEL_FRAMEWORKS]
+    model_backends = [b for b in data["backends"] if b in MODEL_FRAMEWORKS]
+    expected = {(q, b) for q in quantities for b in mlp_backends}
+    expected |= {(q, b) for q in quantities if q in MODEL_ROWS for b in model_backends}
+    assert set(pairs) == expected
+
+
+def test_users_models_have_a_row_for_each_models_quantity(full_run):
+    """Each gcref.models measure of the torch module and the JAX function, against numpy."""
+    dtype, _, data, _, _ = full_run
+    assert set(MODEL_QUANTITIES) <= set(MODEL_ROWS)
+    evaluated = {r["quantity"] for r in data["rows"]}
+    rows = {(r["quantity"], r["backend"]): r for r in data["rows"]}
+    for backend in MODEL_FRAMEWORKS:
+        assert backend in data["backends"]
+        for quantity in MODEL_QUANTITIES if dtype == "float64" else sorted(evaluated & set(MODEL_ROWS)):
+            r = rows[(quantity, backend)]
+            assert "error" not in r and r["max_rel_dev"] <= data["tolerance"], r
+            numpy_value = np.asarray(rows[(quantity, "numpy")]["value"])
+            assert np.shape(r["value"]) == numpy_value.shape
 
 
 def test_reported_deviations_and_values_are_those_of_the_json(full_run):
@@ -199,10 +236,123 @@ def test_a_raising_row_is_reported_failed_not_a_crash(planted, tmp_path):
     assert len(data["rows"]) == 2 * len(runner.load_rows()[0])
 
 
+@pytest.fixture
+def numpy_model(monkeypatch):
+    """A model backend ``numpy-model`` whose "model" is the MLP itself, as a NumPy closure.
+
+    Its model row ``mean_loss`` evaluates the squared loss by a loop over the examples;
+    ``scale`` multiplies it (1.0: the true value), and ``built`` counts the builds.
+    """
+    runner.load_rows()
+    state = {"scale": 1.0, "built": 0}
+
+    def build(problem):
+        state["built"] += 1
+
+        def apply(params, x):
+            return gcref.predict(problem.mlp, params, x)
+
+        return apply, problem.params
+
+    def loop_mean_loss(p, model, params):
+        losses = [0.5 * np.sum((model(params, x[None])[0] - y) ** 2) for x, y in zip(p.X, p.y)]
+        return state["scale"] * np.mean(losses)
+
+    monkeypatch.setitem(MODEL_BACKENDS, "numpy-model", ModelBackend("numpy-model", "numpy", "a loop", build))
+    monkeypatch.setitem(MODEL_ROWS, "mean_loss", loop_mean_loss)
+    return state
+
+
+def test_a_model_backend_is_compared_with_the_numpy_value_of_its_quantity(numpy_model, tmp_path):
+    status, data, stdout, _ = run_compare_json(
+        tmp_path, "--backends", "numpy,numpy-model", "--quantities", "mean_loss,residuals"
+    )
+    assert status == 0 and data["backends"] == ["numpy", "numpy-model"]
+    assert [(r["quantity"], r["backend"]) for r in data["rows"]] == [
+        ("mean_loss", "numpy"), ("mean_loss", "numpy-model"), ("residuals", "numpy"),
+    ]
+    assert data["rows"][1]["value"] == pytest.approx(data["rows"][0]["value"], rel=1e-12)
+    assert numpy_model["built"] == 1
+
+    numpy_model["scale"] = 1.01
+    status, data, stdout, _ = run_compare_json(
+        tmp_path, "--backends", "numpy,numpy-model", "--quantities", "mean_loss"
+    )
+    assert status == 1 and data["rows"][1]["max_rel_dev"] == pytest.approx(0.01, rel=1e-6)
+    assert "mean_loss[numpy-model]" in stdout.rstrip().splitlines()[-1]
+
+
+def test_a_model_that_cannot_be_built_fails_its_rows_not_the_run(numpy_model, monkeypatch, tmp_path):
+    def broken(problem):
+        raise RuntimeError("planted build failure")
+
+    monkeypatch.setitem(MODEL_BACKENDS, "numpy-model", ModelBackend("numpy-model", "numpy", "", broken))
+    status, data, stdout, _ = run_compare_json(
+        tmp_path, "--backends", "numpy,numpy-model", "--quantities", "mean_loss,residuals"
+    )
+    assert status == 1
+    (failed,) = [r for r in data["rows"] if "error" in r]
+    assert (failed["quantity"], failed["backend"]) == ("mean_loss", "numpy-model")
+    assert "planted build failure" in failed["error"] and failed["value"] is None
+    assert [r["max_rel_dev"] for r in data["rows"] if r["backend"] == "numpy"] == [0.0, 0.0]
+
+
+def test_timings_exclude_one_warm_up_call(monkeypatch, numpy_model, tmp_path):
+    """A row whose first call per backend is slow (as a JIT compilation) is timed fast."""
+    calls = {}
+
+    def first_call_slow(key):
+        calls[key] = calls.get(key, 0) + 1
+        if calls[key] == 1:
+            time.sleep(0.5)
+        return np.ones(2)
+
+    monkeypatch.setitem(ROWS, "probe_row", lambda p, backend: first_call_slow(backend))
+    monkeypatch.setitem(MODEL_ROWS, "probe_row", lambda p, model, params: first_call_slow("model"))
+    for repeats in (1, 3):
+        calls.clear()
+        status, data, _, _ = run_compare_json(
+            tmp_path, "--backends", "numpy,numpy-model", "--quantities", "probe_row",
+            "--repeats", str(repeats),
+        )
+        assert status == 0
+        assert calls == {"numpy": repeats + 1, "model": repeats + 1}
+        assert len(data["rows"]) == 2
+        assert all(r["seconds"] < 0.25 for r in data["rows"]), data["rows"]
+
+
+def test_help_lists_every_quantity_the_backends_and_the_notation():
+    status, stdout, _ = run_main(["compare", "--help"])
+    assert status == 0
+    listed = {}
+    for line in stdout.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "*":
+            listed[words[1]] = True
+        elif words and words[0] in ROWS:
+            listed.setdefault(words[0], False)
+    assert set(listed) == set(runner.load_rows()[0])
+    assert {q for q, marked in listed.items() if marked} == set(MODEL_ROWS) & set(listed)
+    for backend in [*gcref.backend_names(), *MODEL_FRAMEWORKS]:
+        assert backend in stdout
+    assert "mlp_module(mlp, params)" in stdout and "mlp_apply_from_gcref(mlp, params)" in stdout
+    assert "|.|=norm" in stdout and "warm-up" in stdout and "max_rel_dev:" in stdout
+
+
+def test_the_table_is_followed_by_a_line_explaining_its_columns():
+    status, stdout, _ = run_main(["compare", "--backends", "numpy", "--quantities", "mean_loss,residuals"])
+    lines = stdout.rstrip().splitlines()
+    assert status == 0 and lines[-1].startswith("OK")
+    assert lines[-2].startswith("value: a scalar, or [shape] |.|=Euclidean norm")
+    assert "after a warm-up call" in lines[-2]
+    assert any(line.split()[:2] == ["residuals", "numpy"] and "|.|=" in line for line in lines)
+
+
 @pytest.mark.parametrize(
     "options, mentions",
     [
         (["--backends", "numpy,tensorflow"], "tensorflow"),
+        (["--backends", "numpy,keras-model"], "torch-module"),
         (["--activation", "swish"], "swish"),
         (["--sizes", "3"], "--sizes"),
         (["--sizes", "3,x,2"], "--sizes"),

@@ -1,4 +1,4 @@
-"""Rows of ``gcref compare`` for geometric complexity and the transfer theorem (MATH.md sections 2 and 3)."""
+"""Rows of ``gcref compare`` for geometric complexity and the transfer theorem (docs/math.md sections 2 and 3)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from gcref.transfer import transfer_terms
 
 @row("geometric_complexity")
 def _geometric_complexity(p, backend):
+    """``GC = (1/N) sum_n ||J(x_n)||_F^2``."""
     return geometric_complexity(p.mlp, p.params, p.X, backend=backend)
 
 

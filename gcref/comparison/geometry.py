@@ -1,4 +1,4 @@
-"""``gcref compare`` rows for the one-input arc length (MATH.md section 2).
+"""``gcref compare`` rows for the one-input arc length (docs/math.md section 2).
 
 Arc length needs one input, so these rows use their own small one-input networks, drawn
 from ``problem.rng_seed`` (the same parameters in every backend), on [-2, 2].
@@ -23,12 +23,14 @@ def _one_input_network(problem, activation):
 
 @row("arc_length_relu")
 def _arc_length_relu(problem, backend):
+    """Exact arc length on [-2, 2] of a one-input ReLU network."""
     mlp, params = _one_input_network(problem, "relu")
     return arc_length(mlp, params, interval=_INTERVAL, method="exact", backend=backend).value
 
 
 @row("arc_length_tanh")
 def _arc_length_tanh(problem, backend):
+    """Adaptive-quadrature arc length on [-2, 2] of a one-input tanh network."""
     # A tolerance far below the comparison tolerance, so that a subdivision decided
     # differently by rounding in another backend cannot show up in the comparison.
     mlp, params = _one_input_network(problem, "tanh")

@@ -5,8 +5,11 @@ from one seed, no download). :func:`compare` imports every module of
 :mod:`gcref.comparison` (so rows registered by any feature module appear without being
 listed here), evaluates each row in each chosen backend, times it, and measures its
 largest relative deviation from the ``numpy`` backend with
-:func:`gcref.tolerances.relative_deviation`. A row that raises is reported as failed; it
-never stops the comparison.
+:func:`gcref.tolerances.relative_deviation`. The model backends (``torch-module``,
+``jax-function``; :mod:`gcref.comparison.models`) evaluate the model rows, each against
+the ``numpy`` value of its quantity. Every timing follows one untimed warm-up call, so
+that JIT compilation and first-call caches are not counted. A row that raises is
+reported as failed; it never stops the comparison.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import gcref
 import gcref.comparison
 from gcref._checks import check_dtype, check_finite_scalar, check_positive_int
-from gcref.comparison.registry import ROWS, Problem
+from gcref.comparison.registry import MODEL_BACKENDS, MODEL_ROWS, ROWS, Problem
 from gcref.tolerances import relative_deviation, tolerance
 
 #: The reference every other backend is measured against.
@@ -104,6 +107,9 @@ def load_rows():
         Row name -> row function, in registration order (the core primitives first).
     import_errors : dict
         Module name -> error text, for modules that failed to import.
+
+    The model backends and model rows register into
+    :data:`gcref.comparison.registry.MODEL_BACKENDS` and ``MODEL_ROWS`` on the way.
     """
     errors = {}
     names = [_CORE_ROWS_MODULE] + sorted(
@@ -131,7 +137,7 @@ class RowResult:
         Largest deviation from the ``numpy`` value relative to its scale; ``None`` when
         either value is missing.
     seconds : float
-        Best wall time over the repeats.
+        Best wall time over the repeats, which follow one untimed warm-up call.
     error : str or None
         Why the row failed.
     """
@@ -230,6 +236,39 @@ def as_row_value(value):
     return arr
 
 
+def model_backend_names():
+    """The registered model backends, in registration order (after :func:`load_rows`)."""
+    load_rows()
+    return list(MODEL_BACKENDS)
+
+
+def _resolve_backends(backends):
+    """``(MLP backend names with numpy first, model backend names)``, checked."""
+    load_rows()
+    if backends is None:
+        installed = gcref.available_backends()
+        mlp_names = installed
+        model_names = [m.name for m in MODEL_BACKENDS.values() if m.framework in installed]
+    else:
+        mlp_names = [name for name in backends if name not in MODEL_BACKENDS]
+        model_names = [name for name in backends if name in MODEL_BACKENDS]
+    mlp_names = list(dict.fromkeys([REFERENCE, *mlp_names]))
+    for name in mlp_names:
+        # Instantiating first raises early for a bad name and keeps each framework's
+        # import time out of the first row's timing.
+        try:
+            gcref.get_backend(name)
+        except ValueError as err:
+            raise ValueError(f"{err}, or a model backend among {list(MODEL_BACKENDS)}") from None
+    for name in dict.fromkeys(model_names):
+        framework = MODEL_BACKENDS[name].framework
+        try:
+            gcref.get_backend(framework)
+        except gcref.BackendNotAvailableError as err:
+            raise gcref.BackendNotAvailableError(f"model backend {name!r} needs {framework}: {err}") from None
+    return mlp_names, list(dict.fromkeys(model_names))
+
+
 def compare(problem, backends=None, tol=None, quantities=None, repeats=1):
     """Evaluate every registered row in every backend and compare with ``numpy``.
 
@@ -238,20 +277,25 @@ def compare(problem, backends=None, tol=None, quantities=None, repeats=1):
     problem : gcref.comparison.registry.Problem
         Usually :func:`default_problem`.
     backends : sequence of str, optional
-        Backends to evaluate; every installed one by default. ``numpy`` is always
-        evaluated (first), as the reference.
+        Backends to evaluate: gcref backends (``numpy``, ``autograd``, ``jax``,
+        ``torch``), which run the MLP functions, and model backends (``torch-module``,
+        ``jax-function``), which run :mod:`gcref.models` on the MLP as a user's model.
+        By default every installed one. ``numpy`` is always evaluated (first), as the
+        reference.
     tol : float, optional
         Largest accepted relative deviation; by default the ``rtol`` of
         :func:`gcref.tolerance` for the problem's dtype.
     quantities : sequence of str, optional
         Rows to evaluate; every registered row by default.
     repeats : int >= 1
-        Each row is evaluated this many times per backend and the best time kept (the
-        first call in JAX includes compilation for each new shape).
+        Timed evaluations per row and backend, after one untimed warm-up call (the first
+        call in JAX compiles for each new shape); the best time is kept.
 
     Returns
     -------
     Comparison
+        Its ``backends`` are the gcref backends then the model backends; a model backend
+        has a row for each quantity it computes.
 
     Raises
     ------
@@ -263,39 +307,58 @@ def compare(problem, backends=None, tol=None, quantities=None, repeats=1):
     dtype = np.dtype(problem.params[0][0].dtype)
     tol = tolerance(dtype)[0] if tol is None else check_finite_scalar(tol, "tol", positive=True)
     repeats = check_positive_int(repeats, "repeats")
-    names = list(dict.fromkeys([REFERENCE, *(backends or gcref.available_backends())]))
-    for name in names:
-        # Instantiating first raises early for a bad name and keeps each framework's
-        # import time out of the first row's timing.
-        gcref.get_backend(name)
     rows, import_errors = load_rows()
+    mlp_names, model_names = _resolve_backends(backends)
     if quantities is not None:
         unknown = [q for q in quantities if q not in rows]
         if unknown:
             raise ValueError(f"unknown quantities {unknown}; expected some of {list(rows)}")
         rows = {q: rows[q] for q in quantities}
+    orphans = sorted(set(MODEL_ROWS) - set(ROWS))
+    if orphans:
+        import_errors["gcref.comparison.registry"] = f"model rows without a numpy row: {orphans}"
+    built = {name: _build_model(name, problem) for name in model_names}
 
     results = []
     for quantity, fn in rows.items():
         reference = None
-        for backend in names:
-            result = _evaluate(quantity, fn, problem, backend, repeats)
+        for backend in mlp_names:
+            result = _evaluate(quantity, backend, lambda: fn(problem, backend), repeats)
             if backend == REFERENCE:
                 reference = result.value
             _measure_deviation(result, reference, dtype)
             results.append(result)
-    return Comparison(tol, dtype, names, results, import_errors)
+        model_fn = MODEL_ROWS.get(quantity)
+        for name in model_names if model_fn is not None else ():
+            model, error = built[name]
+            if error is not None:
+                result = RowResult(quantity, name, None, None, 0.0, error)
+            else:
+                result = _evaluate(quantity, name, lambda: model_fn(problem, *model), repeats)
+            _measure_deviation(result, reference, dtype)
+            results.append(result)
+    return Comparison(tol, dtype, [*mlp_names, *model_names], results, import_errors)
 
 
-def _evaluate(quantity, fn, problem, backend, repeats):
-    best = math.inf
-    value = None
+def _build_model(name, problem):
+    """``((model, params), None)``, or ``(None, error text)`` when building fails."""
     try:
+        return MODEL_BACKENDS[name].build(problem), None
+    except Exception as err:  # report the backend's rows as failed and carry on
+        return None, f"building the {name} model failed: {type(err).__name__}: {err}"
+
+
+def _evaluate(quantity, backend, call, repeats):
+    """Call ``call()`` once untimed, then ``repeats`` times timed; a RowResult."""
+    start = time.perf_counter()
+    try:
+        call()
+        best = math.inf
         for _ in range(repeats):
             start = time.perf_counter()
-            raw = fn(problem, backend)
+            raw = call()
             best = min(best, time.perf_counter() - start)
-            value = as_row_value(raw)
+        value = as_row_value(raw)
     except Exception as err:  # report the row as failed and carry on with the others
         frame = traceback.extract_tb(err.__traceback__)[-1]
         where = f" ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
