@@ -1,12 +1,15 @@
 """Smoke tests of validation/: every registered experiment runs with --quick and leaves a
-complete result.json and readable PNG figures. The verdict is recorded, not asserted."""
+complete result.json (with every seed's run) and readable PNG figures, and a rerun resumes
+from the runs already on disk. The verdict is recorded, not asserted."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -16,9 +19,9 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import gcref  # noqa: E402
-from validation import double_descent, experiment_names, load  # noqa: E402
+from validation import _stats, double_descent, experiment_names, load, min_norm  # noqa: E402
 from validation.__main__ import main  # noqa: E402
-from validation._report import VERDICTS, plain  # noqa: E402
+from validation._report import VERDICTS, Runs, plain, write_json_atomically  # noqa: E402
 from validation.cifar10 import (  # noqa: E402
     CHANNEL_MEAN,
     CHANNEL_STD,
@@ -29,8 +32,10 @@ from validation.cifar10 import (  # noqa: E402
 
 REQUIRED_KEYS = {
     "experiment", "claim", "source", "rule", "verdict", "setting", "settings", "seed", "seeds",
-    "measured", "figures", "versions", "machine", "date", "runtime_s",
+    "measured", "runs", "resumed_runs", "device", "figures", "versions", "machine", "date",
+    "runtime_s",
 }
+REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -64,10 +69,136 @@ def test_quick_run_writes_a_complete_result(name, tmp_path, capsys):
     assert numbers, "an experiment must measure something"
     assert all(math.isfinite(x) for x in numbers)
 
+    # Every (setting, seed) run is kept, in result.json and in its own file, and more than
+    # one seed was run (the rules judge seed means with standard errors).
+    assert len(result["runs"]) >= 2 and result["resumed_runs"] == []
+    assert len(set(result["seeds"])) >= 2
+    for key, record in result["runs"].items():
+        stored = json.loads((tmp_path / "runs" / f"{key}.json").read_text())
+        assert stored["record"] == record and stored["key"] == key
+        assert stored["fingerprint"]["settings"] == result["settings"]
+        assert all(math.isfinite(x) for x in numbers_in(record))
+
     assert result["figures"]
     for figure in result["figures"]:
         data = (tmp_path / figure).read_bytes()
         assert figure.endswith(".png") and data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_a_rerun_resumes_from_the_runs_on_disk(name, tmp_path, capsys):
+    """An interrupted run, simulated: one run file holds a marked record (it must be reused,
+    not recomputed), one is missing (it must be recomputed, to the same numbers) and one was
+    written under other settings (it must be recomputed)."""
+    argv = [name, "--quick", "--out", str(tmp_path), "--seed", "2"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "result.json").read_text())
+    keys = list(first["runs"])
+    kept, missing, stale = keys[0], keys[-1], keys[1] if len(keys) > 2 else None
+    runs = tmp_path / "runs"
+    stored = json.loads((runs / f"{kept}.json").read_text())
+    stored["record"]["marker"] = "written before the interruption"
+    (runs / f"{kept}.json").write_text(json.dumps(stored))
+    (runs / f"{missing}.json").unlink()
+    if stale is not None:
+        other = json.loads((runs / f"{stale}.json").read_text())
+        other["fingerprint"]["settings"] = {"something": "else"}
+        (runs / f"{stale}.json").write_text(json.dumps(other))
+
+    assert main(argv) == 0
+    assert "runs resumed" in capsys.readouterr().out
+    second = json.loads((tmp_path / "result.json").read_text())
+    assert second["runs"][kept]["marker"] == "written before the interruption"
+    assert missing not in second["resumed_runs"] and kept in second["resumed_runs"]
+    assert second["runs"][missing] == first["runs"][missing]
+    assert (runs / f"{missing}.json").exists()
+    if stale is not None:
+        assert stale not in second["resumed_runs"] and "marker" not in second["runs"][stale]
+        assert second["runs"][stale] == first["runs"][stale]
+    assert len(second["resumed_runs"]) == len(keys) - 1 - (stale is not None)
+    assert second["verdict"] == first["verdict"]
+    assert not [p for p in runs.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_runs_store_reuses_only_matching_records(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": np.float64(len(calls)), "table": np.arange(2)}
+
+    runs = Runs(str(tmp_path), {"experiment": "x", "settings": {"a": 1}})
+    assert runs.get("k=1,seed=2", compute) == {"value": 1.0, "table": [0, 1]}
+    again = Runs(str(tmp_path), {"experiment": "x", "settings": {"a": 1}})
+    assert again.get("k=1,seed=2", compute) == {"value": 1.0, "table": [0, 1]}
+    assert len(calls) == 1 and again.resumed == ["k=1,seed=2"]
+    other = Runs(str(tmp_path), {"experiment": "x", "settings": {"a": 2}})
+    assert other.get("k=1,seed=2", compute)["value"] == 2.0 and other.resumed == []
+    (tmp_path / "k=1,seed=2.json").write_text("{not json")  # a torn file is recomputed
+    assert Runs(str(tmp_path), {"a": 3}).get("k=1,seed=2", compute)["value"] == 3.0
+    with pytest.raises(ValueError, match="used twice"):
+        other.get("k=1,seed=2", compute)
+    for bad in ("", "a/b", "../up", "space here"):
+        with pytest.raises(ValueError, match="run key"):
+            other.get(bad, compute)
+    with pytest.raises(ValueError, match="finite"):
+        other.get("nan", lambda: {"x": float("nan")})
+    assert not (tmp_path / "nan.json").exists()
+
+
+def test_json_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "result.json"
+    write_json_atomically(str(path), {"a": 1})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomically(str(path), {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_seed_statistics():
+    mean, se = _stats.mean_stderr([[1.0, 3.0], [2.0, 2.0]])
+    np.testing.assert_allclose(mean, [2.0, 2.0])
+    np.testing.assert_allclose(se, [1.0, 0.0])  # std(ddof=1) of (1, 3) is sqrt(2); / sqrt(2)
+    # a < b counts only beyond 2 standard errors of the difference, sqrt(0.3^2 + 0.4^2) = 0.5.
+    assert _stats.below(1.0, 0.3, 2.01, 0.4) and not _stats.below(1.0, 0.3, 1.99, 0.4)
+    assert _stats.below_bound(1.0, 0.1, 1.21) and not _stats.below_bound(1.0, 0.1, 1.19)
+    assert _stats.above_bound(1.0, 0.1, 0.79) and not _stats.above_bound(1.0, 0.1, 0.81)
+    assert _stats.within(1.3, 0.1, 0.9, 1.1) and not _stats.within(1.31, 0.1, 0.9, 1.1)
+    assert _stats.within(0.7, 0.1, 0.9, 1.1) and not _stats.within(0.69, 0.1, 0.9, 1.1)
+    assert _stats.log_slope([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
+    assert _stats.run_seeds(5, 3) == [6, 7, 8]
+    with pytest.raises(ValueError, match="at least 2"):
+        _stats.run_seeds(0, 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        _stats.mean_stderr([1.0])
+
+
+@pytest.mark.parametrize("how", ["path", "module"])
+def test_the_command_runs_from_any_directory(how, tmp_path):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    if how == "path":
+        command = [sys.executable, str(REPO / "validation"), "--list"]
+        env.pop("PYTHONPATH", None)
+    else:
+        command = [sys.executable, "-m", "validation", "--list"]
+        env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.strip().splitlines()] == list(
+        experiment_names())
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", ""])
+def test_device_option_refuses_unknown_devices(device, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["depth_at_init", "--quick", "--device", device, "--out", str(tmp_path)])
+    assert not (tmp_path / "result.json").exists()
 
 
 def test_list_prints_one_line_per_claim(capsys):
@@ -260,10 +391,39 @@ def test_double_descent_flips_exactly_the_noisy_labels():
     assert noisy.min() >= 0 and noisy.max() <= 9
 
 
-@pytest.mark.parametrize("values, ratio, peak, rise", [
-    ([0.5, 0.3, 0.45, 0.2, 0.1], False, 2, 0.15),
-    ([0.5, 0.4, 0.3, 0.2, 0.1], False, 1, -0.1),
-    ([1.0, 4.0, 2.0, 8.0, 1.0], True, 3, 8.0),
+@pytest.mark.parametrize("means, spread, index, rise, significant", [
+    ([0.5, 0.3, 0.45, 0.2, 0.1], 0.01, 2, 0.15, True),
+    ([0.5, 0.3, 0.45, 0.2, 0.1], 0.2, 2, 0.15, False),  # a rise within 2 s.e. does not count
+    ([0.5, 0.4, 0.3, 0.2, 0.1], 0.01, 1, -0.1, False),  # monotone: no peak
 ])
-def test_interior_peak_is_the_largest_two_sided_rise(values, ratio, peak, rise):
-    assert double_descent.interior_peak(values, ratio) == (peak, pytest.approx(rise))
+def test_double_descent_peak_counts_rises_beyond_two_standard_errors(means, spread, index,
+                                                                     rise, significant):
+    # Two seeds at mean +- spread: standard error exactly ``spread``.
+    table = np.array([[m - spread, m + spread] for m in means])
+    found = double_descent.peak(table)
+    assert found["index"] == index and found["rise"] == pytest.approx(rise)
+    assert found["significant"] is significant
+
+
+# --- min_norm ------------------------------------------------------------------------------
+
+def test_min_norm_gradient_and_nmgd_step_are_gcrefs():
+    from gcref.optimizers import NMGD
+
+    rng = np.random.default_rng(4)
+    degree = 6
+    x = rng.uniform(-1, 1, 5)
+    D, y = min_norm.features(x, degree), rng.normal(size=5)
+    mlp = gcref.MLP((degree, 1), activation="identity")
+    w = rng.normal(size=degree + 1)
+    params = min_norm.as_params(w)
+    (gW, gb), = gcref.loss_grad(mlp, params, D[:, 1:], y[:, None], "squared")
+    np.testing.assert_allclose(min_norm.loss_grad(D, y, w), np.concatenate([gb, gW[0]]),
+                               rtol=1e-12, atol=1e-14)
+    optimizer = NMGD(0.1, 0.7, offset=1)
+    for n in range(1, 4):
+        grads = gcref.loss_grad(mlp, params, D[:, 1:], y[:, None], "squared")
+        (W, b), = optimizer.update(mlp, params, grads, n)
+        w, _ = min_norm.nmgd_step(w, min_norm.loss_grad(D, y, w), 0.1, 0.7, n, 1)
+        np.testing.assert_allclose(w, np.concatenate([b, W[0]]), rtol=1e-12, atol=1e-14)
+        params = ((W, b),)

@@ -1,8 +1,11 @@
-"""What every experiment shares: its outcome, result.json, figures and a progress line.
+"""What every experiment shares: its outcome, result.json, resumable runs, figures, progress.
 
 An experiment module defines ``NAME``, ``CLAIM``, ``SOURCE``, ``RULE`` (how the verdict
-follows from the measured numbers), ``QUICK`` and ``FULL`` (its settings, as plain dicts)
-and ``run(settings, seed, out_dir, progress) -> Outcome``. This module turns an outcome into
+follows from the measured numbers, fixed before the run), ``QUICK`` and ``FULL`` (its
+settings, as plain dicts) and ``run(settings, seed, context) -> Outcome``. Each finished
+(setting, seed) run goes through ``context.runs`` (:class:`Runs`), which writes it to its own
+JSON file as soon as it completes and hands it back instead of recomputing it when the
+experiment is rerun with the same arguments. This module turns an outcome into
 ``result.json``; the verdict is whatever the module's rule computed, never set by hand.
 """
 
@@ -14,7 +17,9 @@ import json
 import math
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -51,6 +56,105 @@ class Outcome:
     notes: str = ""
 
 
+@dataclass
+class Context:
+    """What ``run`` gets besides its settings and seed.
+
+    Attributes
+    ----------
+    out_dir : str
+        Directory for the figures (and ``result.json``, written by :func:`run_experiment`).
+    progress : Progress
+        Called as ``progress(done, total, what)``.
+    runs : Runs
+        The store of finished (setting, seed) runs.
+    device : str
+        Where torch training runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); NumPy code
+        ignores it.
+    """
+
+    out_dir: str
+    progress: Progress
+    runs: Runs
+    device: str = "cpu"
+
+
+def write_json_atomically(path, value):
+    """Write ``value`` as JSON to ``path`` through a temporary file and ``os.replace``, so
+    that an interrupted write leaves the old file (or none), never half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh, indent=2)
+            fh.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+class Runs:
+    """Finished runs of one experiment, one JSON file each under ``directory``.
+
+    :meth:`get` returns the record of a run (a dict of numbers, strings and lists of them):
+    read from ``directory/KEY.json`` when that file exists and was written for the same
+    experiment, setting, settings and base seed (its ``fingerprint``), otherwise computed and
+    written atomically before it is returned. An interrupted sweep rerun with the same
+    arguments therefore redoes at most the run that was in progress.
+
+    Parameters
+    ----------
+    directory : str
+    fingerprint : dict
+        What a stored run must have been produced under to be reused.
+    """
+
+    def __init__(self, directory, fingerprint):
+        self.directory = directory
+        self.fingerprint = plain(fingerprint, "fingerprint")
+        self.records = {}
+        self.resumed = []
+        os.makedirs(directory, exist_ok=True)
+
+    def path(self, key):
+        """The file of run ``key``."""
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", key):
+            raise ValueError(f"run key {key!r} must be a non-empty string of letters, digits "
+                             "and _ . = , + -")
+        return os.path.join(self.directory, f"{key}.json")
+
+    def get(self, key, compute, *args, **kwargs):
+        """The record of run ``key``: stored, or ``compute(*args, **kwargs)`` made JSON-ready
+        and stored."""
+        if key in self.records:
+            raise ValueError(f"run key {key!r} used twice in one experiment")
+        path = self.path(key)
+        record = None
+        if os.path.exists(path):
+            try:
+                with open(path) as fh:
+                    stored = json.load(fh)
+            except (OSError, json.JSONDecodeError):
+                stored = None
+            if isinstance(stored, dict) and stored.get("fingerprint") == self.fingerprint:
+                record = stored["record"]
+                self.resumed.append(key)
+        if record is None:
+            record = plain(compute(*args, **kwargs), f"run {key!r}")
+            write_json_atomically(path, {"key": key, "fingerprint": self.fingerprint,
+                                         "record": record})
+        self.records[key] = record
+        return record
+
+
+def fingerprint(module, settings, quick, seed):
+    """What identifies a run of ``module``: its name, setting, settings and base seed."""
+    return {"experiment": module.NAME, "setting": "quick" if quick else "full",
+            "settings": settings, "seed": seed}
+
+
 def package_versions(frameworks=()):
     """Versions of python, numpy, gcref, matplotlib and each named distribution."""
     versions = {"python": platform.python_version()}
@@ -81,13 +185,18 @@ def plain(value, where="measured"):
     raise TypeError(f"{where} has type {type(value).__name__}; expected numbers, strings, lists or dicts")
 
 
-def run_experiment(module, out_dir, *, quick=False, seed=0):
-    """Run one experiment module and write ``out_dir/result.json``; return the result dict."""
+def run_experiment(module, out_dir, *, quick=False, seed=0, device="cpu"):
+    """Run one experiment module and write ``out_dir/result.json``; return the result dict.
+
+    Finished runs are kept in ``out_dir/runs/`` (:class:`Runs`) and reused by a rerun with
+    the same arguments.
+    """
     settings = dict(module.QUICK if quick else module.FULL)
     os.makedirs(out_dir, exist_ok=True)
     progress = Progress(module.NAME)
+    runs = Runs(os.path.join(out_dir, "runs"), fingerprint(module, settings, quick, seed))
     start = time.perf_counter()
-    outcome = module.run(settings, seed, out_dir, progress)
+    outcome = module.run(settings, seed, Context(out_dir, progress, runs, device))
     progress.close()
     for name in outcome.figures:
         if not os.path.getsize(os.path.join(out_dir, name)):
@@ -103,6 +212,9 @@ def run_experiment(module, out_dir, *, quick=False, seed=0):
         "seed": seed,
         "seeds": plain(outcome.seeds, "seeds"),
         "measured": plain(outcome.measured),
+        "runs": runs.records,
+        "resumed_runs": runs.resumed,
+        "device": device if getattr(module, "USES_DEVICE", False) else "cpu (NumPy)",
         "notes": outcome.notes,
         "figures": list(outcome.figures),
         "versions": package_versions(outcome.frameworks),
@@ -110,9 +222,7 @@ def run_experiment(module, out_dir, *, quick=False, seed=0):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "runtime_s": round(time.perf_counter() - start, 2),
     }
-    with open(os.path.join(out_dir, "result.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
+    write_json_atomically(os.path.join(out_dir, "result.json"), result)
     return result
 
 

@@ -31,11 +31,12 @@ def accuracy(mlp, params, X, labels):
 
 def sgd_epochs(mlp, params, X, y, loss, *, lr, batch_size, epochs, rng, after_epoch=None,
                optimizer=None):
-    """Mini-batch SGD over ``epochs`` reshuffled passes; ``after_epoch(epoch, params)``
-    is called before the first epoch (with 0) and after each one. Returns the parameters."""
+    """Mini-batch SGD over at most ``epochs`` reshuffled passes; ``after_epoch(epoch, params)``
+    is called before the first epoch (with 0) and after each one, and training stops early
+    when it returns True. Returns the parameters."""
     optimizer = optimizer or GradientDescent(lr)
-    if after_epoch is not None:
-        after_epoch(0, params)
+    if after_epoch is not None and after_epoch(0, params):
+        return params
     step = 0
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(X))
@@ -44,6 +45,6 @@ def sgd_epochs(mlp, params, X, y, loss, *, lr, batch_size, epochs, rng, after_ep
             grads = gcref.loss_grad(mlp, params, X[batch], y[batch], loss)
             step += 1
             params = optimizer.update(mlp, params, grads, step)
-        if after_epoch is not None:
-            after_epoch(epoch, params)
+        if after_epoch is not None and after_epoch(epoch, params):
+            break
     return params

@@ -10,7 +10,7 @@ examples drawn at random from the 4000, a fraction ``noise`` of their labels rep
 different class drawn uniformly; the test labels stay clean. One-hidden-layer ReLU networks
 ``40 -> H -> 10`` (He normal, zero biases, ``gcref.MLP.init``) are fitted to one-hot targets
 with the squared loss ``(1/N) sum_n 1/2 ||f(x_n) - y_n||^2`` (MATH.md section 4) by full-batch
-Adam for a fixed number of steps. With the squared loss the interpolation threshold is where
+Adam whose learning rate decays linearly to 0 (a constant rate does not settle at large widths). With the squared loss the interpolation threshold is where
 the parameter count ``51 H + 10`` reaches the number of fitted values ``n_train x 10``
 (Belkin et al.; Nakkiran et al.). The geometric complexity is gcref.geometric_complexity on
 the training inputs (MATH.md section 2), after training.
@@ -27,32 +27,32 @@ import numpy as np
 
 import gcref
 from validation._report import Outcome, pyplot, save_figure
+from validation._stats import below, mean_stderr, run_seeds, spearman, summary
 
 NAME = "double_descent"
 CLAIM = (
-    "on MNIST-1D with label noise, the test error against the width shows a double descent "
-    "and the geometric complexity follows it"
+    "on MNIST-1D with label noise, the test loss against the width shows a double descent "
+    "and the geometric complexity peaks with it"
 )
 SOURCE = "seed 003"
 RULE = (
-    "with E(H) the seed-averaged test error (clean test labels) and p the interior width "
-    "maximising min(E(H_p) - min_{i<p} E, E(H_p) - min_{i>p} E): double descent if that "
-    "minimum is at least 2 percentage points and the parameter count at H_p is within a "
-    "factor 4 of n_train x 10; GC follows it if the seed-averaged GC on the training inputs "
-    "has an interior peak q with |q - p| <= 1 grid step and GC(H_q) at least 1.25 times its "
-    "minimum over smaller and over larger widths. Held if both hold"
+    "every (width, seed) run trains by full-batch Adam with a learning rate decaying linearly "
+    "to 0 (so it settles); per seed the test squared loss, the test error and GC on the "
+    "training inputs. A seed-mean curve has an interior peak at H_p if its value there "
+    "exceeds its minimum over the smaller widths and its minimum over the larger widths, "
+    "each beyond 2 standard errors of the difference (p is the interior width with the "
+    "largest smaller rise). Held if the test loss has such a peak, GC has such a peak, and "
+    "they are at most one octave apart (|log2 H_p(GC) - log2 H_p(test loss)| <= 1). The test "
+    "error's peak and the interpolation threshold (parameters = n_train x 10) are reported"
 )
-QUICK = {"num_samples": 400, "n_train": 100, "noise": 0.2, "widths": [4, 16, 64],
-         "steps": 60, "lr": 0.003, "seeds": 1}
-FULL = {"num_samples": 5000, "n_train": 400, "noise": 0.2,
-        "widths": [2, 4, 8, 16, 32, 48, 64, 80, 96, 128, 192, 256, 512],
-        "steps": 6000, "lr": 0.001, "seeds": 2}
+QUICK = {"num_samples": 400, "n_train": 100, "noise": 0.15, "widths": [4, 16, 64],
+         "steps": 60, "lr": 0.003, "seeds": 2}
+FULL = {"num_samples": 5000, "n_train": 2000, "noise": 0.15,
+        "widths": [8, 16, 32, 64, 128, 256, 512, 1024], "steps": 3000, "lr": 0.002, "seeds": 3}
 
 N_CLASSES = 10
-ERROR_MARGIN = 0.02
-THRESHOLD_FACTOR = 4.0
-GC_RATIO = 1.25
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+OCTAVES = 1.0
 
 
 def mnist1d(num_samples, seed):
@@ -94,7 +94,9 @@ def squared_loss_grad(params, X, Y):
 
 
 def adam(params, X, Y, *, steps, lr):
-    """Full-batch Adam on the squared loss; returns the parameters after ``steps`` steps."""
+    """Full-batch Adam on the squared loss with the learning rate ``lr (1 - (t - 1) / steps)``
+    at step t (linear decay, so the iterate settles); returns the parameters after ``steps``
+    steps."""
     flat = [a.copy() for pair in params for a in pair]
     m = [np.zeros_like(a) for a in flat]
     v = [np.zeros_like(a) for a in flat]
@@ -106,7 +108,7 @@ def adam(params, X, Y, *, steps, lr):
             mi += (1 - b1) * g
             vi *= b2
             vi += (1 - b2) * g * g
-            a -= lr * (mi / (1 - b1**t)) / (np.sqrt(vi / (1 - b2**t)) + eps)
+            a -= lr * (1 - (t - 1) / steps) * (mi / (1 - b1**t)) / (np.sqrt(vi / (1 - b2**t)) + eps)
     return pair_up(flat)
 
 
@@ -120,75 +122,87 @@ def error(mlp, params, X, labels):
     return float(np.mean(np.argmax(gcref.predict(mlp, params, X), axis=1) != labels))
 
 
-def interior_peak(values, ratio):
-    """The interior index p maximising the smaller of the two rises of ``values`` at p over
-    the minima on either side (differences, or ratios when ``ratio``), and that rise."""
-    best, best_rise = None, -np.inf
-    for p in range(1, len(values) - 1):
-        left, right = min(values[:p]), min(values[p + 1:])
-        if ratio:
-            rise = min(values[p] / left, values[p] / right)
-        else:
-            rise = min(values[p] - left, values[p] - right)
-        if rise > best_rise:
-            best, best_rise = p, rise
-    return best, float(best_rise)
+def peak(table):
+    """Interior peak of the seed-mean curve of ``table`` (widths x seeds), judged with
+    standard errors: the index p with the largest ``min(rise_left, rise_right)`` where
+    ``rise_left = mean[p] - min_{i<p} mean[i]`` (and likewise on the right), and whether both
+    rises exceed 2 standard errors of their differences."""
+    mean, stderr = mean_stderr(table, axis=1)
+    best = None
+    for p in range(1, len(mean) - 1):
+        i = int(np.argmin(mean[:p]))
+        j = p + 1 + int(np.argmin(mean[p + 1:]))
+        rise = min(mean[p] - mean[i], mean[p] - mean[j])
+        significant = below(mean[i], stderr[i], mean[p], stderr[p]) and below(
+            mean[j], stderr[j], mean[p], stderr[p])
+        if best is None or rise > best["rise"]:
+            best = {"index": p, "rise": float(rise), "significant": significant,
+                    "left_minimum_index": i, "right_minimum_index": j}
+    return best
 
 
-def run(settings, seed, out_dir, progress):
-    X_pool, y_pool, X_test, y_test = mnist1d(settings["num_samples"], seed)
-    widths = settings["widths"]
+def one_run(settings, pool, width, run_seed):
+    """Train one width on the seed's noisy subset; its errors, losses and GC."""
+    X_pool, y_pool, X_test, y_test = pool
     n_train = settings["n_train"]
-    seeds = [seed + 1 + s for s in range(settings["seeds"])]
-    shape = (len(widths), len(seeds))
-    out = {name: np.zeros(shape) for name in ("test_error", "train_error", "train_error_clean",
-                                               "test_loss", "train_loss", "gc_train", "gc_test")}
-    done = 0
-    for s, run_seed in enumerate(seeds):
-        rng = np.random.default_rng(run_seed)
-        X, labels, flipped = noisy_subset(X_pool, y_pool, n_train, settings["noise"], rng)
-        clean = np.setdiff1d(np.arange(n_train), flipped)
-        Y, Y_test = np.eye(N_CLASSES)[labels], np.eye(N_CLASSES)[y_test]
-        for i, width in enumerate(widths):
-            mlp = gcref.MLP([X.shape[1], width, N_CLASSES], activation="relu")
-            params = adam(mlp.init(rng, "he_normal", bias="zero"), X, Y,
-                          steps=settings["steps"], lr=settings["lr"])
-            out["test_error"][i, s] = error(mlp, params, X_test, y_test)
-            out["train_error"][i, s] = error(mlp, params, X, labels)
-            out["train_error_clean"][i, s] = error(mlp, params, X[clean], labels[clean])
-            out["test_loss"][i, s] = gcref.mean_loss(mlp, params, X_test, Y_test, "squared")
-            out["train_loss"][i, s] = gcref.mean_loss(mlp, params, X, Y, "squared")
-            out["gc_train"][i, s] = gcref.geometric_complexity(mlp, params, X)
-            out["gc_test"][i, s] = gcref.geometric_complexity(mlp, params, X_test)
-            done += 1
-            progress(done, shape[0] * shape[1], f"seed {run_seed} H={width}")
+    X, labels, flipped = noisy_subset(X_pool, y_pool, n_train, settings["noise"],
+                                      np.random.default_rng(run_seed))
+    clean = np.setdiff1d(np.arange(n_train), flipped)
+    Y, Y_test = np.eye(N_CLASSES)[labels], np.eye(N_CLASSES)[y_test]
+    mlp = gcref.MLP([X.shape[1], width, N_CLASSES], activation="relu")
+    params = adam(mlp.init(np.random.default_rng([run_seed, width]), "he_normal", bias="zero"),
+                  X, Y, steps=settings["steps"], lr=settings["lr"])
+    return {"test_error": error(mlp, params, X_test, y_test),
+            "train_error": error(mlp, params, X, labels),
+            "train_error_clean": error(mlp, params, X[clean], labels[clean]),
+            "test_loss": gcref.mean_loss(mlp, params, X_test, Y_test, "squared"),
+            "train_loss": gcref.mean_loss(mlp, params, X, Y, "squared"),
+            "gc_train": gcref.geometric_complexity(mlp, params, X),
+            "gc_test": gcref.geometric_complexity(mlp, params, X_test),
+            "flipped": len(flipped)}
 
-    n_params = [gcref.MLP([X_pool.shape[1], w, N_CLASSES], activation="relu").n_params
+
+MEASURES = ("test_error", "train_error", "train_error_clean", "test_loss", "train_loss",
+            "gc_train", "gc_test")
+
+
+def run(settings, seed, context):
+    pool = mnist1d(settings["num_samples"], seed)
+    widths = settings["widths"]
+    seeds = run_seeds(seed, settings["seeds"])
+    records = {}
+    for i, run_seed in enumerate(seeds):
+        for j, width in enumerate(widths):
+            key = f"H={width},seed={run_seed}"
+            records[key] = context.runs.get(key, one_run, settings, pool, width, run_seed)
+            context.progress(i * len(widths) + j + 1, len(widths) * len(seeds),
+                             f"seed {run_seed} H={width}")
+    out = {name: np.array([[records[f"H={w},seed={s}"][name] for s in seeds] for w in widths])
+           for name in MEASURES}
+    n_params = [gcref.MLP([pool[0].shape[1], w, N_CLASSES], activation="relu").n_params
                 for w in widths]
-    threshold = n_train * N_CLASSES
-    mean = {name: table.mean(axis=1) for name, table in out.items()}
-    peak, rise = interior_peak(mean["test_error"], ratio=False)
-    gc_peak, gc_rise = interior_peak(mean["gc_train"], ratio=True)
-    peak_to_threshold = n_params[peak] / threshold
-    double_descent = (rise >= ERROR_MARGIN
-                      and 1 / THRESHOLD_FACTOR <= peak_to_threshold <= THRESHOLD_FACTOR)
-    gc_follows = abs(gc_peak - peak) <= 1 and gc_rise >= GC_RATIO
-    ranks = [np.argsort(np.argsort(mean[k])) for k in ("gc_train", "test_error")]
-
-    figure = plot(out_dir, widths, n_params, threshold, out, settings, len(seeds))
+    threshold = settings["n_train"] * N_CLASSES
+    peaks = {name: peak(out[name]) for name in ("test_loss", "gc_train", "test_error")}
+    octaves = abs(np.log2(widths[peaks["gc_train"]["index"]])
+                  - np.log2(widths[peaks["test_loss"]["index"]]))
+    held = (peaks["test_loss"]["significant"] and peaks["gc_train"]["significant"]
+            and octaves <= OCTAVES)
+    figure = plot(context.out_dir, widths, n_params, threshold, out, settings, len(seeds))
     measured = {
         "widths": widths, "n_params": n_params, "interpolation_threshold_params": threshold,
-        **{name: {"per_seed": table, "mean": mean[name]} for name, table in out.items()},
-        "test_error_peak_width": widths[peak], "test_error_rise": rise,
-        "peak_params_over_threshold": peak_to_threshold, "double_descent": double_descent,
-        "gc_peak_width": widths[gc_peak], "gc_rise_ratio": gc_rise, "gc_follows": gc_follows,
-        "spearman_gc_test_error": float(np.corrcoef(*ranks)[0, 1]),
+        **{name: summary(table, axis=1) for name, table in out.items()},
+        "peaks": {name: {**entry, "width": widths[entry["index"]],
+                         "params_over_threshold": n_params[entry["index"]] / threshold}
+                  for name, entry in peaks.items()},
+        "peak_distance_octaves": octaves,
+        "spearman_gc_test_loss": spearman(out["gc_train"].mean(axis=1),
+                                          out["test_loss"].mean(axis=1)),
     }
-    return Outcome(measured=measured, held=double_descent and gc_follows, figures=[figure],
+    return Outcome(measured=measured, held=bool(held), figures=[figure],
                    seeds=[seed, *seeds], frameworks=["mnist1d"],
-                   notes=f"{len(flipped)} of {n_train} training labels flipped per seed; "
-                         "MNIST-1D generated with its own global-seed generator at seed "
-                         f"{seed}.")
+                   notes=f"{records[f'H={widths[0]},seed={seeds[0]}']['flipped']} of "
+                         f"{settings['n_train']} training labels flipped per seed; MNIST-1D "
+                         f"generated with its own global-seed generator at seed {seed}.")
 
 
 def plot(out_dir, widths, n_params, threshold, out, settings, n_seeds):
@@ -201,16 +215,17 @@ def plot(out_dir, widths, n_params, threshold, out, settings, n_seeds):
     threshold_width = widths[int(np.argmin(np.abs(np.asarray(n_params) - threshold)))]
     for ax, panel, ylabel in zip(axes, panels, ylabels):
         for key, label in panel:
-            ax.plot(widths, out[key].mean(axis=1), marker="o", label=label)
+            mean, stderr = mean_stderr(out[key], axis=1)
+            ax.errorbar(widths, mean, yerr=stderr, marker="o", capsize=3, label=label)
         ax.axvline(threshold_width, color="grey", linestyle=":",
                    label=f"params ~ n_train x 10 (H ~ {threshold_width})")
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
         if ylabel != "classification error":
             ax.set_yscale("log")
         ax.set_xlabel("hidden units H")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
     fig.suptitle(f"MNIST-1D, {settings['n_train']} training examples, {settings['noise']:.0%} "
-                 f"label noise, 40-H-10 ReLU, full-batch Adam {settings['steps']} steps, "
-                 f"mean of {n_seeds} seeds")
+                 f"label noise, 40-H-10 ReLU, full-batch Adam {settings['steps']} steps (decaying lr), "
+                 f"mean and standard error of {n_seeds} seeds", fontsize=10)
     return save_figure(fig, out_dir, f"{NAME}.png")

@@ -4,9 +4,10 @@ Seed 003 lists L2 weight decay, flatness (implicit gradient regularisation made 
 and spectral-norm penalties as common schemes that decrease GC. A ReLU MLP on scikit-learn's
 digits is trained by SGD with no penalty and with each penalty of gcref.training
 (``L2Penalty``: strength sum_i ||W_i||_F^2; ``IGRPenalty``: (h/4) ||grad L_B||^2;
-``SpectralPenalty``: strength sum_i ||W_i||_2), from the same initialisations and batch orders;
-GC on the training set (gcref.training's ``"gc"`` metric, from gcref.complexity) is compared
-at the end.
+``SpectralPenalty``: strength sum_i ||W_i||_2), from the same initialisations and batch orders, over a
+sweep of strengths per penalty that includes 0; GC on the training set
+(gcref.complexity.geometric_complexity) and the test accuracy are compared at each run's
+best test epoch, with every run trained past it where possible.
 """
 
 from __future__ import annotations
@@ -14,74 +15,114 @@ from __future__ import annotations
 import numpy as np
 
 import gcref
+from gcref.complexity import geometric_complexity
 from gcref.training import IGRPenalty, L2Penalty, SpectralPenalty, train
 from validation._report import Outcome, pyplot, save_figure
+from validation._stats import below, run_seeds, summary
 from validation._training import accuracy, digits
+
+LOSS = "softmax_cross_entropy"
 
 NAME = "regularizers"
 CLAIM = "L2, flatness (explicit IGR) and spectral-norm penalties each lower the geometric complexity"
 SOURCE = "seed 003"
 RULE = (
-    "held if, for every penalty, the seed-averaged GC at the end of training is below the "
-    "seed-averaged GC of training without a penalty"
+    "every (penalty, strength, seed) run, strength 0 (no penalty) included, trains for "
+    "max_epochs epochs from the seed's initialisation and batch order, and is measured at the "
+    "epoch of its best test accuracy (runs whose best is their last epoch, not trained past "
+    "the peak, are reported). Held if, for every penalty, at least one strength gives a "
+    "seed-mean GC on the training inputs below the unpenalised one beyond 2 standard errors. "
+    "Test accuracy at the same epochs is reported beside"
 )
-QUICK = {"hidden": [16], "lr": 0.05, "batch_size": 64, "steps": 20, "seeds": 1,
-         "l2": 1e-3, "igr_h": 0.5, "spectral": 1e-2, "records": 2}
-FULL = {"hidden": [64, 64], "lr": 0.05, "batch_size": 64, "steps": 1500, "seeds": 3,
-        "l2": 1e-3, "igr_h": 0.5, "spectral": 1e-2, "records": 20}
+QUICK = {"hidden": [16], "lr": 0.05, "batch_size": 64, "max_epochs": 2, "seeds": 2,
+         "strengths": {"L2": [1e-3], "IGR": [0.5], "spectral": [1e-2]}}
+FULL = {"hidden": [64, 64], "lr": 0.05, "batch_size": 64, "max_epochs": 60, "seeds": 3,
+        "strengths": {"L2": [1e-4, 1e-3, 1e-2], "IGR": [0.1, 0.5, 2.0],
+                      "spectral": [1e-3, 1e-2, 1e-1]}}
+
+PENALTIES = {"L2": L2Penalty, "IGR": IGRPenalty, "spectral": SpectralPenalty}
 
 
-def penalty_sets(settings):
-    return {"none": [], "L2": [L2Penalty(settings["l2"])], "IGR": [IGRPenalty(settings["igr_h"])],
-            "spectral": [SpectralPenalty(settings["spectral"])]}
+def one_run(mlp, data, settings, penalty, strength, run_seed):
+    """Train epoch by epoch; GC, accuracy and loss at the best test epoch."""
+    X, labels, X_test, labels_test = data
+    params = mlp.init(np.random.default_rng(run_seed), "he_normal", bias="zero")
+    rng = np.random.default_rng(run_seed + 1000)
+    penalties = [] if strength == 0 else [PENALTIES[penalty](strength)]
+    steps_per_epoch = -(-len(X) // settings["batch_size"])
+    best = {"test_accuracy": accuracy(mlp, params, X_test, labels_test), "epoch": 0,
+            "params": params}
+    curve = {"test_accuracy": [best["test_accuracy"]],
+             "loss": [gcref.mean_loss(mlp, params, X, labels, LOSS)]}
+    for epoch in range(1, settings["max_epochs"] + 1):
+        params = train(mlp, params, X, labels, LOSS, steps=steps_per_epoch, lr=settings["lr"],
+                       batch_size=settings["batch_size"], rng=rng, penalties=penalties).params
+        acc = accuracy(mlp, params, X_test, labels_test)
+        curve["test_accuracy"].append(acc)
+        curve["loss"].append(gcref.mean_loss(mlp, params, X, labels, LOSS))
+        if acc > best["test_accuracy"]:
+            best = {"test_accuracy": acc, "epoch": epoch, "params": params}
+    return {"gc": geometric_complexity(mlp, best["params"], X),
+            "test_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+            "train_loss": curve["loss"][best["epoch"]],
+            "past_peak": best["epoch"] < settings["max_epochs"], "curve": curve}
 
 
-def run(settings, seed, out_dir, progress):
-    data_rng = np.random.default_rng(seed)
-    X, labels, X_test, labels_test = digits(data_rng)
-    mlp = gcref.MLP([X.shape[1], *settings["hidden"], 10], activation="relu")
-    seeds = [seed + 1 + s for s in range(settings["seeds"])]
-    names = list(penalty_sets(settings))
-    gc = {name: [] for name in names}
-    acc = {name: [] for name in names}
-    curves = {}
-    done = 0
-    for run_seed in seeds:
-        params = mlp.init(np.random.default_rng(run_seed), "he_normal", bias="zero")
-        for name, penalties in penalty_sets(settings).items():
-            result = train(mlp, params, X, labels, "softmax_cross_entropy",
-                           steps=settings["steps"], lr=settings["lr"],
-                           batch_size=settings["batch_size"],
-                           rng=np.random.default_rng(run_seed + 1000), penalties=penalties,
-                           metrics=("loss", "gc"), record_every=max(1, settings["steps"] // settings["records"]))
-            gc[name].append(float(result.history["gc"][-1]))
-            acc[name].append(accuracy(mlp, result.params, X_test, labels_test))
-            if run_seed == seeds[0]:
-                curves[name] = {"step": result.history["step"], "gc": result.history["gc"],
-                                "loss": result.history["loss"]}
-            done += 1
-            progress(done, len(seeds) * len(names), name)
+def run(settings, seed, context):
+    data = digits(np.random.default_rng(seed))
+    mlp = gcref.MLP([data[0].shape[1], *settings["hidden"], 10], activation="relu")
+    seeds = run_seeds(seed, settings["seeds"])
+    configs = [("none", 0)] + [(p, v) for p, values in settings["strengths"].items()
+                               for v in values]
+    records = {}
+    for i, (penalty, strength) in enumerate(configs):
+        for j, s in enumerate(seeds):
+            key = f"{penalty},strength={strength},seed={s}"
+            records[key] = context.runs.get(key, one_run, mlp, data, settings, penalty,
+                                            strength, s)
+            context.progress(i * len(seeds) + j + 1, len(configs) * len(seeds), penalty)
 
-    mean_gc = {name: float(np.mean(v)) for name, v in gc.items()}
-    lowered = {name: mean_gc[name] < mean_gc["none"] for name in names if name != "none"}
-    measured = {"gc_per_seed": gc, "mean_gc": mean_gc, "test_accuracy_per_seed": acc,
-                "lowered": lowered, "curves_first_seed": curves}
+    def stats(penalty, strength):
+        runs = [records[f"{penalty},strength={strength},seed={s}"] for s in seeds]
+        return {**{key: summary([r[key] for r in runs])
+                   for key in ("gc", "test_accuracy", "train_loss", "best_epoch")},
+                "not_past_peak": sum(not r["past_peak"] for r in runs)}
 
+    baseline = stats("none", 0)
+    measured = {"unpenalised": baseline, "per_penalty": {}}
+    held = True
+    for penalty, values in settings["strengths"].items():
+        rows = {str(v): stats(penalty, v) for v in values}
+        lowered = {k: below(r["gc"]["mean"], r["gc"]["stderr"], baseline["gc"]["mean"],
+                            baseline["gc"]["stderr"]) for k, r in rows.items()}
+        measured["per_penalty"][penalty] = {"strengths": values, "by_strength": rows,
+                                            "lowered": lowered, "some_lowered": any(lowered.values())}
+        held &= any(lowered.values())
+    figure = plot(context.out_dir, measured, len(seeds))
+    return Outcome(measured=measured, held=bool(held), figures=[figure], seeds=[seed, *seeds],
+                   frameworks=["scikit-learn"])
+
+
+def plot(out_dir, measured, n_seeds):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name in names:
-        axes[0].semilogy(curves[name]["step"], curves[name]["gc"], "o-", ms=3, label=name)
-    axes[0].set_title(f"GC on the training set during SGD (seed {seeds[0]})")
-    axes[0].set_xlabel("SGD step")
-    axes[0].set_ylabel(r"GC $= \frac{1}{N}\sum_n \|J(x_n)\|_F^2$")
-    axes[0].legend()
-    positions = np.arange(len(names))
-    axes[1].bar(positions, [mean_gc[n] for n in names], color=[f"C{i}" for i in positions])
-    for i, name in enumerate(names):
-        axes[1].plot([i] * len(gc[name]), gc[name], "k.", ms=8)
-    axes[1].set_xticks(positions, [f"{n}\n(test acc. {np.mean(acc[n]):.3f})" for n in names])
-    axes[1].set_title(f"Final GC, mean of {len(seeds)} seeds (dots: each seed)")
-    axes[1].set_ylabel("GC")
-    figure = save_figure(fig, out_dir, "regularizers.png")
-    return Outcome(measured=measured, held=all(lowered.values()), figures=[figure],
-                   seeds=[seed, *seeds], frameworks=["scikit-learn"])
+    base = measured["unpenalised"]
+    for i, (penalty, entry) in enumerate(measured["per_penalty"].items()):
+        strengths = entry["strengths"]
+        rows = [entry["by_strength"][str(v)] for v in strengths]
+        for ax, key in zip(axes, ("gc", "test_accuracy")):
+            ax.errorbar(strengths, [r[key]["mean"] for r in rows],
+                        yerr=[r[key]["stderr"] for r in rows], marker="o", capsize=3,
+                        color=f"C{i + 1}", label=penalty)
+    for ax, key, label in zip(axes, ("gc", "test_accuracy"),
+                              ("GC on the training inputs", "test accuracy")):
+        ax.axhspan(base[key]["mean"] - 2 * base[key]["stderr"],
+                   base[key]["mean"] + 2 * base[key]["stderr"], color="0.8",
+                   label="no penalty (mean +- 2 s.e.)")
+        ax.set_xscale("log")
+        ax.set_xlabel("penalty strength (IGR: h)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} at the best test epoch, {n_seeds} seeds")
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    return save_figure(fig, out_dir, "regularizers.png")
