@@ -43,7 +43,7 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"show-inheritance": True}
 # Keep the signatures as written: the defaults of a few functions are arrays or dtypes.
 autodoc_preserve_defaults = True
 
@@ -63,7 +63,11 @@ API_MODULES = [
 
 
 def available_api_modules():
-    """The entries of :data:`API_MODULES` whose module exists, imported.
+    """The entries of :data:`API_MODULES` whose module exists, with the module imported.
+
+    Returns
+    -------
+    list of (module, title, summary)
 
     Raises
     ------
@@ -77,9 +81,48 @@ def available_api_modules():
             continue
         if importlib.util.find_spec(name) is None:
             continue
-        importlib.import_module(name)
-        found.append((name, title, summary))
+        found.append((importlib.import_module(name), title, summary))
     return found
+
+
+def public_names(module):
+    """``module.__all__``, or the public names the module defines itself."""
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [
+            name
+            for name, obj in vars(module).items()
+            if not name.startswith("_") and getattr(obj, "__module__", None) == module.__name__
+        ]
+    return list(names)
+
+
+def api_members(modules):
+    """Split each module's public names into those documented on its page and re-exports.
+
+    An object is documented once, on the first page (in :data:`API_MODULES` order) that
+    exports it; the later pages link to it. (Documenting a class twice gives Sphinx two
+    descriptions of its one canonical name.)
+
+    Returns
+    -------
+    dict
+        Module name -> ``(documented names, [(name, documented full name), ...])``.
+    """
+    owner = {}
+    members = {}
+    for module, _, _ in modules:
+        own, linked = [], []
+        for name in public_names(module):
+            obj = getattr(module, name)
+            key = id(obj)
+            if key in owner:
+                linked.append((name, owner[key]))
+            else:
+                owner[key] = f"{module.__name__}.{name}"
+                own.append(name)
+        members[module.__name__] = (own, linked)
+    return members
 
 
 def _write_if_changed(path, text):
@@ -87,18 +130,27 @@ def _write_if_changed(path, text):
         path.write_text(text, encoding="utf-8")
 
 
+def api_page(module, title, summary, own, linked):
+    """The MyST text of one module's API page."""
+    text = f"# {title}\n\n{summary}\n\n"
+    text += f"```{{eval-rst}}\n.. automodule:: {module.__name__}\n   :members: {', '.join(own)}\n```\n"
+    if linked:
+        text += "\n## Documented elsewhere\n\nAlso exported by this module, the same objects as:\n\n"
+        text += "".join(f"- `{name}`: {{py:obj}}`{target}`\n" for name, target in linked)
+    return text
+
+
 def write_api_pages():
     """Write ``api/index.md`` and one page per available module; remove stale pages."""
     api = DOCS / "api"
     api.mkdir(exist_ok=True)
     modules = available_api_modules()
-    pages = {}
-    for name, title, summary in modules:
-        pages[f"{name}.md"] = (
-            f"# {title}\n\n{summary}\n\n"
-            f"```{{eval-rst}}\n.. automodule:: {name}\n```\n"
-        )
-    toc = "\n".join(f"{name}" for name, _, _ in modules)
+    members = api_members(modules)
+    pages = {
+        f"{module.__name__}.md": api_page(module, title, summary, *members[module.__name__])
+        for module, title, summary in modules
+    }
+    toc = "\n".join(module.__name__ for module, _, _ in modules)
     pages["index.md"] = (
         "# API reference\n\n"
         "One page per public module; the formulas in the docstrings' Notes are those of\n"
@@ -112,18 +164,25 @@ def write_api_pages():
         _write_if_changed(api / filename, text)
 
 
-# gcref's docstrings write absolute values and norms as |x| in plain text, never reST
-# substitutions: escape those bars (outside inline literals, literal blocks and doctest
-# lines) so that docutils shows them instead of failing on an undefined substitution.
+# gcref's docstrings are plain text with reST literals: they write absolute values and
+# norms as |x| and unpacked shapes as (N, *input_shape), never reST substitutions or
+# emphasis. Escape those bars and stars (outside inline literals, literal blocks and
+# doctest lines) so that docutils shows them instead of failing on them.
 _INLINE_LITERAL = re.compile(r"(``.+?``|`[^`]+`)")
+_UNPACKING_STAR = re.compile(r"(?<![\w*\\])(\*\*?)(?=[A-Za-z_]\w*(?![\w*]))")
 
 
 def _indent(line):
     return len(line) - len(line.lstrip())
 
 
-def escape_bars(lines):
-    """Escape ``|`` in the prose lines of a docstring, in place.
+def _escape_prose(part):
+    part = part.replace("|", r"\|")
+    return _UNPACKING_STAR.sub(lambda m: "\\*" * len(m.group(1)), part)
+
+
+def escape_plain_text(lines):
+    """Escape ``|`` and unpacking ``*`` in the prose lines of a docstring, in place.
 
     Parameters
     ----------
@@ -139,16 +198,14 @@ def escape_bars(lines):
             literal_indent = None
         if stripped.endswith("::"):
             literal_indent = _indent(line)
-        if "|" not in line or stripped.startswith((">>>", "...", "| ", "+-", "+=")):
+        if not ("|" in line or "*" in line) or stripped.startswith((">>>", "...", "| ", "+-", "+=")):
             continue
         parts = _INLINE_LITERAL.split(line)
-        lines[index] = "".join(
-            part if i % 2 else part.replace("|", r"\|") for i, part in enumerate(parts)
-        )
+        lines[index] = "".join(part if i % 2 else _escape_prose(part) for i, part in enumerate(parts))
 
 
 def _process_docstring(app, what, name, obj, options, lines):
-    escape_bars(lines)
+    escape_plain_text(lines)
 
 
 def setup(app):
