@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import json
+import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -11,16 +13,21 @@ from hypothesis import strategies as st
 
 import gcref
 from gcref import igr
+from gcref.params import flat_arrays, pairs
 from gcref.testing import check_vjp
 from gcref.training import (
     METRICS,
     GCPenalty,
     IGRPenalty,
     L2Penalty,
+    Penalty,
     PerExampleIGRPenalty,
     SpectralPenalty,
+    TrainingDiverged,
+    TrainResult,
     train,
 )
+from tests.conftest import require_backend
 from tests.strategies import problems
 
 ANALYTIC_PENALTIES = (L2Penalty(0.03), SpectralPenalty(0.05), IGRPenalty(0.2),
@@ -174,8 +181,7 @@ class _OptimizerWithoutLr:
 
 @pytest.mark.parametrize("backend_name", ["numpy", "torch"])
 def test_any_optimizer_object_can_drive_the_loop(backend_name):
-    if backend_name not in gcref.available_backends():
-        pytest.skip("torch is not installed")
+    require_backend(backend_name)
     mlp, params, X, y = _problem()
     opt = _RecordingGD(0.1)
     result = train(mlp, params, X, y, "squared", steps=3, optimizer=opt,
@@ -242,25 +248,105 @@ def test_bad_input_raises_clear_errors():
 
 
 # -- the compiled torch step ----------------------------------------------------------
-def test_compiled_torch_step_follows_the_eager_step():
-    """The torch.func objective, compiled, is the eager objective (which follows numpy above).
+class _OutputPenalty(Penalty):
+    """A user's penalty ``strength * mean_n ||f(x_n)||^2``, written on the primitives.
 
-    One compilation holds every penalty (compiling costs 10-25 s on 2 cores); SGD and an
-    optimizer object exercise the gradient-only variant.
+    No analytic gradient: autodiff backends differentiate ``value``; it declares itself
+    compilable, so the compiled step differentiates the same ``value``.
     """
-    if "torch" not in gcref.available_backends():
-        pytest.fail("torch is not installed") if os.environ.get("CI") else pytest.skip("torch")
+
+    compilable = True
+
+    def value(self, backend, mlp, params, X, targets, loss):
+        f = backend.forward(mlp, params, X).output
+        return self.strength * backend.xp.sum(f * f) / X.shape[0]
+
+
+def test_compiled_torch_step_follows_the_eager_step():
+    """The compiled objective (the penalties' values, differentiated by torch.func.grad)
+    against the eager step (their gradients), which follows numpy above.
+
+    One compilation holds every penalty (compiling costs 10-50 s on 2 cores), a user's
+    compilable one included; SGD and an optimizer object exercise the gradient-only
+    variant.
+    """
+    require_backend("torch")
     mlp, params, X, y = _problem(loss="logistic")
-    penalties = ANALYTIC_PENALTIES + (GCPenalty(0.1),)
+    penalties = ANALYTIC_PENALTIES + (GCPenalty(0.1), _OutputPenalty(0.05))
     results = [
         train(mlp, params, X, y, "logistic", steps=3, optimizer=_RecordingGD(0.2), batch_size=4,
               rng=np.random.default_rng(3), backend="torch", compiled=compiled,
               penalties=penalties)
         for compiled in (False, True)
     ]
+    assert [r.settings["compiled"] for r in results] == [False, True]
     np.testing.assert_allclose(_flat(results[1].params), _flat(results[0].params),
                                rtol=1e-10, atol=1e-12)
     assert not np.allclose(_flat(results[1].params), _flat(params))
+
+
+def test_the_functional_torch_backend_has_the_same_primitives_and_differentiates_them():
+    """TorchBackend.functional() (torch.func) against TorchBackend (torch.autograd), eager:
+    the primitives the penalties are written on, and torch.func.grad of each penalty value
+    against that penalty's eager gradient (analytic or by the Hessian-vector product)."""
+    require_backend("torch")
+    import torch
+
+    mlp, params, X, y = _problem(loss="logistic")
+    eager = gcref.get_backend("torch")
+    functional = eager.functional()
+    loss = gcref.get_loss("logistic")
+    rtol, atol = gcref.tolerance(np.float64)
+    native = [tuple(torch.as_tensor(a) for a in pair) for pair in params]
+    Xt = torch.as_tensor(X)
+    T = torch.as_tensor(loss.prepare_targets(y, X.shape[0], mlp.output_dim, X.dtype))
+    vector = [tuple(torch.ones_like(a) for a in pair) for pair in native]
+
+    def same(a, b):
+        np.testing.assert_allclose(np.asarray(a.detach()), np.asarray(b.detach()), rtol=rtol, atol=atol)
+
+    for a, b in zip(flat_arrays(functional.loss_grad(mlp, native, Xt, T, loss)),
+                    flat_arrays(eager.loss_grad(mlp, native, Xt, T, loss))):
+        same(a, b)
+    for a, b in zip(flat_arrays(functional.loss_hvp(mlp, native, Xt, T, loss, vector)),
+                    flat_arrays(eager.loss_hvp(mlp, native, Xt, T, loss, vector))):
+        same(a, b)
+    same(functional.input_jacobian(mlp, native, Xt), eager.input_jacobian(mlp, native, Xt))
+    for a, b in zip(functional.loss_grad_sq_norms(mlp, native, Xt, T, loss),
+                    eager.loss_grad_sq_norms(mlp, native, Xt, T, loss)):
+        same(a, b)
+    for penalty in ANALYTIC_PENALTIES:
+        def value(*flat, penalty=penalty):
+            return penalty.value(functional, mlp, pairs(flat), Xt, T, loss)
+
+        grads = torch.func.grad(value, argnums=tuple(range(2 * mlp.depth)))(*flat_arrays(native))
+        with torch.no_grad():
+            expected = penalty.gradient(eager, mlp, native, Xt, T, loss)
+        for a, b in zip(grads, flat_arrays(expected)):
+            same(a, b)
+
+
+def test_a_penalty_without_analytic_gradient_is_refused_by_numpy_before_training():
+    mlp, params, X, y = _problem()
+    with pytest.raises(ValueError, match="_OutputPenalty has no analytic gradient in the numpy"):
+        train(mlp, params, X, y, "squared", steps=1, lr=0.1, penalties=[_OutputPenalty(0.1)])
+
+
+def test_the_output_penalty_gradient_is_its_value_differentiated():
+    """The test penalty above, eager in autograd, against central differences."""
+    require_backend("autograd")
+    mlp, params, X, y = _problem()
+    penalty = _OutputPenalty(0.3)
+    one = train(mlp, params, X, y, "squared", steps=1, lr=1.0, backend="autograd",
+                penalties=[penalty])
+    grad = tuple((W - W1, b - b1) for (W, b), (W1, b1) in zip(params, one.params))
+
+    def objective(p):
+        f = gcref.predict(mlp, p, X)
+        return gcref.mean_loss(mlp, p, X, y, "squared") + 0.3 * np.sum(f * f) / X.shape[0]
+
+    check_vjp(objective, params, lambda u: _scaled(grad, float(np.ravel(u)[0])),
+              np.random.default_rng(0))
 
 
 class _CustomPenalty(L2Penalty):
@@ -277,3 +363,185 @@ def test_compiled_is_refused_where_it_cannot_apply():
         with pytest.raises(ValueError, match="cannot compile the penalty"):
             train(mlp, params, X, y, "squared", steps=1, lr=0.1, backend="torch",
                   compiled=True, penalties=[_CustomPenalty(0.1)])
+
+
+def test_compiled_needs_the_flag_in_the_class_body_not_inherited():
+    """_CustomPenalty inherits compilable = True from L2Penalty: still refused (above)."""
+    assert L2Penalty.compilable and _CustomPenalty.compilable
+    assert "compilable" not in vars(_CustomPenalty)
+
+
+# -- divergence ----------------------------------------------------------------------
+def _diverging_problem():
+    """A deep linear network whose GD at lr = 0.5 overflows within a few steps."""
+    rng = np.random.default_rng(0)
+    mlp = gcref.MLP((2, 5, 5, 1), activation="identity")
+    params = mlp.init(rng, bias="normal")
+    return mlp, params, rng.normal(size=(8, 2)), rng.normal(size=(8, 1))
+
+
+def _first_non_finite_step(mlp, params, X, y, lr):
+    """Brute force: GD by hand until a parameter is not finite; (that step, the params before)."""
+    theta = params
+    for step in range(1, 100):
+        g = gcref.loss_grad(mlp, theta, X, y, "squared")
+        new = tuple((W - lr * dW, b - lr * db) for (W, b), (dW, db) in zip(theta, g))
+        if not all(np.all(np.isfinite(a)) for pair in new for a in pair):
+            return step, theta
+        theta = new
+    raise AssertionError("the reference run did not diverge")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_training_stops_at_the_first_non_finite_parameter(backend):
+    mlp, params, X, y = _diverging_problem()
+    with np.errstate(all="ignore"):
+        step, before = _first_non_finite_step(mlp, params, X, y, 0.5)
+        with pytest.raises(TrainingDiverged, match=f"at step {step} of 50: a parameter") as info:
+            train(mlp, params, X, y, "squared", steps=50, lr=0.5, backend=backend,
+                  record_every=2, metrics=("loss", "layer_norms"))
+    assert step >= 3
+    error = info.value
+    assert isinstance(error, ValueError)
+    assert error.step == step and error.result.diverged_at == step
+    np.testing.assert_allclose(_flat(error.result.params), _flat(before), rtol=1e-8)
+    assert np.all(np.isfinite(_flat(error.result.params)))
+    # The history runs to the last finite step, recorded even off the record_every grid.
+    recorded = list(range(0, step, 2)) + ([step - 1] if (step - 1) % 2 else [])
+    np.testing.assert_array_equal(error.result.history["step"], recorded)
+    np.testing.assert_allclose(error.result.history["loss"][-1],
+                               gcref.mean_loss(mlp, before, X, y, "squared"), rtol=1e-8)
+    assert error.result.history["frobenius_norms"].shape == (len(recorded), mlp.depth)
+    again = pickle.loads(pickle.dumps(error))
+    assert again.step == step and str(again) == str(error)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_training_with_an_optimizer_stops_at_the_same_step():
+    mlp, params, X, y = _diverging_problem()
+    with np.errstate(all="ignore"):
+        step, before = _first_non_finite_step(mlp, params, X, y, 0.5)
+        with pytest.raises(TrainingDiverged) as info:
+            train(mlp, params, X, y, "squared", steps=50, optimizer=_RecordingGD(0.5))
+    assert info.value.step == step
+    np.testing.assert_allclose(_flat(info.value.result.params), _flat(before), rtol=1e-12)
+
+
+def test_training_stops_at_a_non_finite_loss_with_finite_parameters():
+    """f = w x with w = 1e153: the loss (f - y)^2 / 2 is finite; one step at lr = 10 gives
+    w = -9e153, finite, whose loss overflows to inf."""
+    mlp = gcref.MLP((1, 1), activation="identity")
+    params = ((np.array([[1e153]]), np.zeros(1)),)
+    X, y = np.ones((1, 1)), np.zeros((1, 1))
+    with np.errstate(over="ignore"), pytest.raises(TrainingDiverged, match="step 1 of 5: the loss") as info:
+        train(mlp, params, X, y, "squared", steps=5, lr=10.0, record_every=1)
+    result = info.value.result
+    assert info.value.step == result.diverged_at == 1
+    np.testing.assert_allclose(result.params[0][0], [[-9e153]], rtol=1e-12)
+    np.testing.assert_array_equal(result.history["step"], [0, 1])
+    np.testing.assert_allclose(result.history["loss"][0], 0.5e306, rtol=1e-12)
+    assert result.history["loss"][1] == np.inf
+
+
+# -- progress ------------------------------------------------------------------------
+class _Terminal:
+    """A stand-in for a terminal's stderr: collects what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_shown_on_request_and_in_a_terminal_only(capsys, monkeypatch):
+    mlp, params, X, y = _problem()
+    train(mlp, params, X, y, "squared", steps=4, lr=0.1, progress=True)
+    assert "train: 4/4 steps" in capsys.readouterr().err
+    train(mlp, params, X, y, "squared", steps=4, lr=0.1)
+    train(mlp, params, X, y, "squared", steps=4, lr=0.1, progress=False)
+    assert capsys.readouterr().err == ""  # pytest's captured stderr is not a terminal
+    # No metrics here: the measures that record them have progress lines of their own.
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(mlp, params, X, y, "squared", steps=3, lr=0.1, metrics=())
+    assert "train: 3/3 steps" in terminal.text
+    terminal.text = ""
+    train(mlp, params, X, y, "squared", steps=3, lr=0.1, metrics=(), progress=False)
+    assert terminal.text == ""
+    with pytest.raises(TypeError, match="progress must be"):
+        train(mlp, params, X, y, "squared", steps=1, lr=0.1, progress="yes")
+
+
+# -- saving --------------------------------------------------------------------------
+def test_train_result_saves_and_loads_with_its_settings(tmp_path):
+    mlp, params, X, y = _problem(n=7)
+    params = tuple((W.astype(np.float32), b.astype(np.float32)) for W, b in params)
+    X, y = X.astype(np.float32), y.astype(np.float32)
+    rng = np.random.default_rng(11)
+    result = train(mlp, params, X, y, "squared", steps=5, lr=0.1, batch_size=3, rng=rng,
+                   penalties=[L2Penalty(0.01), IGRPenalty(0.2)], record_every=2,
+                   metrics=("loss", "layer_norms"))
+    data = result.to_dict()
+    text = json.dumps(data, allow_nan=False)
+    assert json.loads(text) == data
+    settings = data["settings"]
+    assert settings["mlp"] == {"sizes": [2, 5, 1], "activation": "tanh",
+                               "output_activation": "identity"}
+    assert settings["penalties"] == [{"type": "L2Penalty", "strength": 0.01},
+                                     {"type": "IGRPenalty", "strength": 0.2}]
+    assert (settings["steps"], settings["lr"], settings["batch_size"]) == (5, 0.1, 3)
+    assert (settings["loss"], settings["dtype"], settings["backend"]) == ("squared", "float32", "numpy")
+    assert data["diverged_at"] is None
+
+    path = tmp_path / "run.json"
+    result.save(path)
+    loaded = TrainResult.load(path)
+    assert loaded.to_dict() == data and loaded.diverged_at is None
+    for (W, b), (W1, b1) in zip(result.params, loaded.params):
+        assert W1.dtype == np.float32 and b1.dtype == np.float32
+        np.testing.assert_array_equal(W1, W)
+        np.testing.assert_array_equal(b1, b)
+    assert loaded.history.keys() == result.history.keys()
+    for key, value in result.history.items():
+        np.testing.assert_array_equal(loaded.history[key], value)
+    assert loaded.history["step"].dtype.kind == "i"
+
+    # The saved generator state replays the run: the settings are those that produced it.
+    replay = np.random.default_rng()
+    replay.bit_generator.state = loaded.settings["rng_state"]
+    again = train(mlp, params, X, y, "squared", steps=5, lr=0.1, batch_size=3, rng=replay,
+                  penalties=[L2Penalty(0.01), IGRPenalty(0.2)])
+    np.testing.assert_array_equal(_flat(again.params), _flat(result.params))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverged_run_saves_its_history_and_where_it_stopped(tmp_path):
+    mlp, params, X, y = _diverging_problem()
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged) as info:
+        train(mlp, params, X, y, "squared", steps=50, lr=0.5)
+    info.value.result.save(tmp_path / "diverged.json")
+    loaded = TrainResult.load(tmp_path / "diverged.json")
+    assert loaded.diverged_at == info.value.step
+    np.testing.assert_array_equal(loaded.history["step"], info.value.result.history["step"])
+
+
+def test_non_finite_history_values_are_saved_as_null_and_read_as_nan(tmp_path):
+    result = TrainResult(((np.eye(2), np.zeros(2)),),
+                         {"step": np.array([0, 1]), "loss": np.array([1.0, np.inf])})
+    assert result.to_dict()["history"]["loss"] == [1.0, None]
+    result.save(tmp_path / "r.json")
+    np.testing.assert_array_equal(TrainResult.load(tmp_path / "r.json").history["loss"], [1.0, np.nan])
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="to_dict\\(\\) of a TrainResult"):
+        TrainResult.from_dict({"type": "IGRTerms"})
+    with pytest.raises(ValueError, match="to_dict\\(\\) of a TrainResult"):
+        TrainResult.from_dict([1, 2])

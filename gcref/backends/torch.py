@@ -73,3 +73,52 @@ class TorchBackend(AutodiffBackend):
             if not directional.requires_grad:
                 return tuple(self._torch.zeros_like(x) for x in inputs)
             return self._grad(directional, inputs)
+
+    def functional(self):
+        """This backend with its derivatives taken by ``torch.func`` transforms.
+
+        Returns
+        -------
+        TorchFuncBackend
+            Same primitives, same device; see :class:`TorchFuncBackend` for when to use it.
+        """
+        return TorchFuncBackend(self.device)
+
+
+class TorchFuncBackend(TorchBackend):
+    """The torch MLP primitives with derivatives by ``torch.func.vjp``, ``grad`` and ``jvp``.
+
+    Every quantity written on the primitives (the mean loss, ``||grad L||^2``, the
+    per-example norm identity, the input Jacobian of geometric complexity) is the same
+    function as in :class:`TorchBackend`; only the way derivatives are taken differs:
+    function transforms instead of ``torch.autograd.grad`` on a recorded graph. Hence
+
+    - its results are differentiable by an outer ``torch.func`` transform, whatever
+      ``torch.is_grad_enabled()`` says (``torch.func.grad`` of a penalty written on the
+      primitives gives the penalty's gradient);
+    - TorchDynamo traces it without a graph break, so a function built on it compiles
+      with ``torch.compile(fullgraph=True)`` (``torch.autograd.grad`` breaks the graph).
+
+    Arrays that the primitives create (zero shifts, one-hot cotangents) are made with
+    torch operations on the inputs' device and dtype, not converted from NumPy, so that
+    nothing outside torch runs inside a compiled function.
+    """
+
+    def vjp(self, fn, inputs, cotangent):
+        _, pullback = self._torch.func.vjp(fn, *inputs)
+        return tuple(pullback(cotangent))
+
+    def hvp(self, fn, inputs, tangents):
+        func = self._torch.func
+        gradient = func.grad(fn, argnums=tuple(range(len(inputs))))
+        return tuple(func.jvp(gradient, tuple(inputs), tuple(tangents))[1])
+
+    def _torch_dtype(self, dtype):
+        return getattr(self._torch, np.dtype(dtype).name)
+
+    def _zeros(self, shape, dtype):
+        return self._torch.zeros(shape, dtype=self._torch_dtype(dtype), device=self.device)
+
+    def _onehot_columns(self, n, k, dtype):
+        eye = self._torch.eye(k, dtype=self._torch_dtype(dtype), device=self.device)
+        return [eye[c].expand(n, k) for c in range(k)]
