@@ -20,8 +20,8 @@ from gcref.backends import (
 from gcref.losses import get_loss, loss_names
 from gcref.mlp import MLP
 from gcref.params import flatten_params, unflatten_params
+from gcref.results import GradNorms, IGRTerms
 from gcref.primitives import (
-    GradNorms,
     forward,
     hidden_jacobians,
     input_jacobian,
@@ -120,6 +120,7 @@ __all__ = [
     "get_loss",
     "GradientDescent",
     "GradNorms",
+    "IGRTerms",
     "graph_volume",
     "GraphVolume",
     "group_norm",

@@ -1,6 +1,6 @@
 """Implicit gradient regularisation: modified losses and the residual factorisation.
 
-MATH.md sections 4 and 5. Gradient descent with step h on the MEAN loss L follows, to
+docs/math.md sections 4 and 5. Gradient descent with step h on the MEAN loss L follows, to
 second order, the gradient flow of a modified loss:
 
 - full batch:            L~_GD  = L + (h/4) ||grad L||^2;
@@ -17,7 +17,7 @@ backward-error check call). Their gradients are Hessian-vector products:
 and ``grad sum_n ||grad l_n||^2 = 2 sum_n H_n grad l_n``, which the ``numpy`` backend
 computes in one R-operator pass whose direction is a different rank-one matrix
 ``g_{n,i} h_{n,i}^T`` for every example (no loop over examples), and the autodiff
-backends obtain by differentiating the per-example norm identity of MATH.md section 1.
+backends obtain by differentiating the per-example norm identity of docs/math.md section 1.
 
 Index conventions as in :mod:`gcref.primitives`: ``N`` examples, ``k`` outputs,
 ``l`` layers, ``h_i`` the input of layer i, ``g_i = dl_n/dz_i``, ``Delta_i = df/dz_i``.
@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar
-from gcref.backends._autodiff import AutodiffBackend
-from gcref.params import combine, flat_arrays, pairs, scale, sq_norm
+from gcref import models
+from gcref._checks import check_finite_scalar, check_float_array, not_an_mlp
+from gcref.losses import get_loss
+from gcref.mlp import MLP
+from gcref.params import combine, flat_arrays, pairs, scale, sq_norm, unflatten_params
 from gcref.primitives import Call
 
 __all__ = [
@@ -90,12 +92,12 @@ def check_partition(batches, n_examples, name="batches"):
 
 # -- penalties on native arrays ----------------------------------------------------
 def gd_penalty_native(backend, mlp, params, X, targets, loss):
-    """``||grad L||^2`` (MATH.md section 5), a native scalar."""
+    """``||grad L||^2`` (docs/math.md section 5), a native scalar."""
     return sq_norm(backend.loss_grad(mlp, params, X, targets, loss), backend.xp)
 
 
 def gd_penalty_grad_native(backend, mlp, params, X, targets, loss):
-    """``grad ||grad L||^2 = 2 H grad L`` (MATH.md section 5), one Hessian-vector product."""
+    """``grad ||grad L||^2 = 2 H grad L`` (docs/math.md section 5), one Hessian-vector product."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     return scale(2.0, backend.loss_hvp(mlp, params, X, targets, loss, g))
 
@@ -117,7 +119,7 @@ def sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches):
 
 
 def per_example_penalty_native(backend, mlp, params, X, targets, loss):
-    """``sum_n ||grad_theta l_n||^2`` from ``||g_i||^2 (1 + ||h_i||^2)`` (MATH.md sections 1, 4)."""
+    """``sum_n ||grad_theta l_n||^2`` from ``||g_i||^2 (1 + ||h_i||^2)`` (docs/math.md sections 1, 4)."""
     w, b = backend.loss_grad_sq_norms(mlp, params, X, targets, loss)
     return backend.xp.sum(w) + backend.xp.sum(b)
 
@@ -125,78 +127,20 @@ def per_example_penalty_native(backend, mlp, params, X, targets, loss):
 def per_example_penalty_grad_native(backend, mlp, params, X, targets, loss):
     """``grad sum_n ||grad_theta l_n||^2 = 2 sum_n H_n grad_theta l_n``.
 
-    Autodiff backends differentiate :func:`per_example_penalty_native`; ``numpy`` runs
-    the analytic R-operator of :func:`_per_example_penalty_grad_numpy`.
+    The backend's :meth:`~gcref.backends._base.Backend.per_example_penalty_grad`:
+    autodiff backends differentiate :func:`per_example_penalty_native`; ``numpy`` runs
+    an analytic R-operator pass.
     """
-    if isinstance(backend, AutodiffBackend):
-        return native_gradient(
-            backend,
-            lambda p: per_example_penalty_native(backend, mlp, p, X, targets, loss),
-            params,
-        )
-    return _per_example_penalty_grad_numpy(backend, mlp, params, X, targets, loss)
-
-
-def _per_example_penalty_grad_numpy(backend, mlp, params, X, targets, loss):
-    """Analytic ``2 sum_n H_n v_n`` with the per-example direction ``v_n = grad_theta l_n``.
-
-    Pearlmutter's R-operator (see ``NumpyBackend.loss_hvp``) with a direction that differs
-    per example: ``V_i = g_i h_i^T`` and ``v_i = g_i`` for example n. The two places where
-    the direction enters become per-example scalars times vectors:
-
-    - forward:  ``V_i h_i + v_i = g_i (1 + ||h_i||^2)``, so
-      ``R{z_i} = g_i (1 + ||h_i||^2) + W_i R{h_i}``, ``R{h_{i+1}} = a_i' R{z_i}``;
-    - backward: ``V_i^T g_i = h_i ||g_i||^2``, so
-      ``R{u_{i-1}} = h_i ||g_i||^2 + W_i^T R{g_i}``, with ``R{u_l} = (d^2 l/df^2) R{f}`` and
-      ``R{g_i} = R{u_i} a_i' + u_i a_i'' R{z_i}``.
-
-    Each example's result ``H_n v_n`` is ``(R{g_i} h_i^T + g_i R{h_i}^T, R{g_i})``; the sum
-    over examples is a matrix product over the batch axis.
-    """
-    fwd = backend.forward(mlp, params, X)
-    gs = backend.loss_sensitivities(mlp, params, X, targets, loss)
-    r_hs = [np.zeros_like(X)]
-    r_zs = []
-    for i, (W, _) in enumerate(params):
-        h_sq = np.sum(fwd.hs[i] ** 2, axis=1, keepdims=True)
-        r_z = gs[i] * (1.0 + h_sq) + r_hs[i] @ W.T
-        r_zs.append(r_z)
-        r_hs.append(mlp.layer_activation(i).d1(fwd.zs[i]) * r_z)
-
-    u = loss.residual(fwd.output, targets)
-    r_u = loss.hessian_vector(fwd.output, targets, r_hs[-1])
-    out = [None] * mlp.depth
-    for i in range(mlp.depth - 1, -1, -1):
-        act = mlp.layer_activation(i)
-        g = gs[i]
-        r_g = r_u * act.d1(fwd.zs[i]) + u * act.d2(fwd.zs[i]) * r_zs[i]
-        out[i] = (2.0 * (r_g.T @ fwd.hs[i] + g.T @ r_hs[i]), 2.0 * r_g.sum(axis=0))
-        if i > 0:
-            W = params[i][0]
-            g_sq = np.sum(g * g, axis=1, keepdims=True)
-            u, r_u = g @ W, fwd.hs[i] * g_sq + r_g @ W
-    return out
+    return backend.per_example_penalty_grad(mlp, params, X, targets, loss)
 
 
 def residuals_native(backend, output, targets, loss):
-    """``eps = dl/df`` at ``output`` (MATH.md section 4), native and differentiable.
-
-    Autodiff backends differentiate the loss with respect to a zero shift of ``f``, so the
-    result keeps its dependence on the parameters; ``numpy`` uses the loss's own residual.
-    """
-    if not isinstance(backend, AutodiffBackend):
-        return loss.residual(output, targets)
-    dtype = backend._dtype(output)
-    shape = tuple(output.shape)
-    zero = backend.asarray(np.zeros(shape, dtype=dtype))
-    ones = backend.asarray(np.ones(shape[0], dtype=dtype))
-    return backend.vjp(
-        lambda shift: loss.per_example(output + shift, targets), (zero,), ones
-    )[0]
+    """``eps = dl/df`` at ``output`` (docs/math.md section 4), native and differentiable."""
+    return backend.residuals(output, targets, loss)
 
 
 def per_example_penalty_residual_native(backend, mlp, params, X, targets, loss):
-    """``sum_n eps_n^2 ||grad_theta f(x_n)||^2`` for one output (MATH.md section 4)."""
+    """``sum_n eps_n^2 ||grad_theta f(x_n)||^2`` for one output (docs/math.md section 4)."""
     if mlp.output_dim != 1:
         raise ValueError(
             f"the residual form needs k = 1 output; the model has k = {mlp.output_dim} "
@@ -254,17 +198,35 @@ def modified_loss_per_example_grad_native(backend, mlp, params, X, targets, loss
     return combine(1.0, g, h / (4.0 * X.shape[0]), pg)
 
 
-# -- public functions, NumPy in and out ---------------------------------------------
-def _check_h(h):
-    return check_finite_scalar(h, "h", nonnegative=True)
+# -- public functions, NumPy in and out: the MLP spellings of gcref.models ----------------
+def _data(mlp, params, X, y, loss):
+    """``(X, y)`` checked as one batch, ``X`` under its own name and ``y`` against the loss."""
+    if not isinstance(mlp, MLP):
+        raise not_an_mlp(mlp)
+    dtype = mlp.check_params(params)[0][0].dtype
+    X = mlp.check_inputs(check_float_array(X, "X", ndim=2, dtype=dtype), dtype)
+    if y is None:
+        raise ValueError("y is required with a loss")
+    get_loss(loss).prepare_targets(y, X.shape[0], mlp.output_dim, dtype)
+    return X, (y if hasattr(y, "shape") else np.asarray(y))
 
 
-def _grad_tuple(c, pairs):
-    return tuple(tuple(pair) for pair in c.numpy(pairs))
+def _grad_tuple(vector, mlp, params):
+    params = mlp.check_params(params)
+    dtype = params[0][0].dtype
+    return tuple((W.astype(dtype), b.astype(dtype)) for W, b in unflatten_params(vector, params))
+
+
+def _partition(batches, X, y):
+    """The mini-batches of a partition of ``range(N)``, as a list of ``(X_j, y_j)``."""
+    batches = check_partition(batches, X.shape[0])
+    return [(X[idx], y[idx]) for idx in batches]
 
 
 def modified_loss_gd(mlp, params, X, y, loss, h, *, backend="numpy"):
     """Modified loss of full-batch gradient descent with step ``h``.
+
+    The MLP spelling of :func:`gcref.models.modified_loss_gd`.
 
     Parameters
     ----------
@@ -284,13 +246,13 @@ def modified_loss_gd(mlp, params, X, y, loss, h, *, backend="numpy"):
 
     Notes
     -----
-    ``L~_GD = L + (h/4) ||grad L||^2`` with L the mean loss (MATH.md section 5;
+    ``L~_GD = L + (h/4) ||grad L||^2`` with L the mean loss (docs/math.md section 5;
     Barrett and Dherin, Implicit Gradient Regularization).
     """
-    h = _check_h(h)
-    with Call(mlp, params, X, backend, y, loss) as c:
-        value = modified_loss_gd_native(c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h)
-        return float(c.numpy(value))
+    data = _data(mlp, params, X, y, loss)
+    return models.modified_loss_gd(
+        mlp, data, loss, h, params=params, backend=backend, chunk_size=max(1, len(data[0]))
+    )
 
 
 def modified_loss_gd_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
@@ -298,19 +260,20 @@ def modified_loss_gd_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
 
     Notes
     -----
-    ``grad L~_GD = grad L + (h/2) H grad L`` (MATH.md section 5): one Hessian-vector
+    ``grad L~_GD = grad L + (h/2) H grad L`` (docs/math.md section 5): one Hessian-vector
     product, analytic (R-operator) in ``numpy``.
     """
-    h = _check_h(h)
-    with Call(mlp, params, X, backend, y, loss) as c:
-        grads = modified_loss_gd_grad_native(
-            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h
-        )
-        return _grad_tuple(c, grads)
+    data = _data(mlp, params, X, y, loss)
+    vector = models.modified_loss_gd_grad(
+        mlp, data, loss, h, params=params, backend=backend, chunk_size=max(1, len(data[0]))
+    )
+    return _grad_tuple(vector, mlp, params)
 
 
 def modified_loss_sgd(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
     """Modified loss of one epoch of SGD with step ``h`` over the partition ``batches``.
+
+    The MLP spelling of :func:`gcref.models.modified_loss_sgd`.
 
     Parameters
     ----------
@@ -324,16 +287,15 @@ def modified_loss_sgd(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
     Notes
     -----
     ``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` with L the mean loss over all N
-    examples and ``L_{B_j}`` the mean loss over B_j (MATH.md section 5; Smith, Dherin,
+    examples and ``L_{B_j}`` the mean loss over B_j (docs/math.md section 5; Smith, Dherin,
     Barrett and De). The other parameters are those of :func:`modified_loss_gd`.
     """
-    h = _check_h(h)
-    with Call(mlp, params, X, backend, y, loss) as c:
-        batches = check_partition(batches, c.X.shape[0])
-        value = modified_loss_sgd_native(
-            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, batches
-        )
-        return float(c.numpy(value))
+    X, y = _data(mlp, params, X, y, loss)
+    h = check_finite_scalar(h, "h", nonnegative=True)
+    return models.modified_loss_sgd(
+        mlp, _partition(batches, X, y), loss, h, params=params, backend=backend,
+        chunk_size=max(1, len(X)),
+    )
 
 
 def modified_loss_sgd_grad(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
@@ -343,24 +305,26 @@ def modified_loss_sgd_grad(mlp, params, X, y, loss, h, batches, *, backend="nump
     -----
     ``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``: one Hessian-vector product per batch.
     """
-    h = _check_h(h)
-    with Call(mlp, params, X, backend, y, loss) as c:
-        batches = check_partition(batches, c.X.shape[0])
-        grads = modified_loss_sgd_grad_native(
-            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, batches
-        )
-        return _grad_tuple(c, grads)
+    X, y = _data(mlp, params, X, y, loss)
+    h = check_finite_scalar(h, "h", nonnegative=True)
+    vector = models.modified_loss_sgd_grad(
+        mlp, _partition(batches, X, y), loss, h, params=params, backend=backend,
+        chunk_size=max(1, len(X)),
+    )
+    return _grad_tuple(vector, mlp, params)
 
 
 def modified_loss_per_example(mlp, params, X, y, loss, h, *, form="gradient", backend="numpy"):
     """Modified loss of SGD with batch size 1 (seed 000, eq. 6).
+
+    The MLP spelling of :func:`gcref.models.modified_loss_per_example`.
 
     Parameters
     ----------
     form : {"gradient", "residual"}
         ``"gradient"``: from the per-example loss-gradient norms ``||grad_theta l_n||^2``;
         ``"residual"``: from ``eps_n^2 ||grad_theta f(x_n)||^2``, one output only.
-        The two agree (the factorisation of MATH.md section 4).
+        The two agree (the factorisation of docs/math.md section 4).
 
     Returns
     -------
@@ -369,16 +333,13 @@ def modified_loss_per_example(mlp, params, X, y, loss, h, *, form="gradient", ba
     Notes
     -----
     ``L~ = L + h/(4N) sum_n ||grad_theta l_n||^2 = L + h/(4N) sum_n eps_n^2 ||grad_theta f(x_n)||^2``
-    (MATH.md section 5). No per-example gradient is formed.
+    (docs/math.md section 5). No per-example gradient is formed.
     """
-    h = _check_h(h)
-    if form not in ("gradient", "residual"):
-        raise ValueError(f"form must be 'gradient' or 'residual'; got {form!r}")
-    with Call(mlp, params, X, backend, y, loss) as c:
-        value = modified_loss_per_example_native(
-            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h, form
-        )
-        return float(c.numpy(value))
+    data = _data(mlp, params, X, y, loss)
+    return models.modified_loss_per_example(
+        mlp, data, loss, h, params=params, backend=backend, form=form,
+        chunk_size=max(1, len(data[0])),
+    )
 
 
 def modified_loss_per_example_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
@@ -391,18 +352,17 @@ def modified_loss_per_example_grad(mlp, params, X, y, loss, h, *, backend="numpy
     directions (vectorised over the batch); in autodiff backends the gradient of the
     per-example norm identity ``||g_i||^2 (1 + ||h_i||^2)``.
     """
-    h = _check_h(h)
-    with Call(mlp, params, X, backend, y, loss) as c:
-        grads = modified_loss_per_example_grad_native(
-            c.backend, mlp, c.nparams, c.nX, c.ntargets, c.loss, h
-        )
-        return _grad_tuple(c, grads)
+    data = _data(mlp, params, X, y, loss)
+    vector = models.modified_loss_per_example_grad(
+        mlp, data, loss, h, params=params, backend=backend, chunk_size=max(1, len(data[0]))
+    )
+    return _grad_tuple(vector, mlp, params)
 
 
 # -- residual factorisation and the transfer of pressure ---------------------------
 @dataclass
 class ResidualFactorisation:
-    """Per-example pieces of ``grad_theta l_n = J_theta(x_n)^T eps_n`` (MATH.md section 4).
+    """Per-example pieces of ``grad_theta l_n = J_theta(x_n)^T eps_n`` (docs/math.md section 4).
 
     Attributes
     ----------
@@ -434,7 +394,7 @@ def jacobian_gram_native(backend, mlp, params, X):
     """``J_theta J_theta^T = sum_i Delta_i Delta_i^T (1 + ||h_i||^2)``, shape (N, k, k).
 
     ``J_theta(x)`` is the k x P parameter Jacobian; ``df_c/dW_i = outer(Delta_i[c], h_i)``
-    and ``df_c/db_i = Delta_i[c]`` (MATH.md section 1) give the Gram matrix without
+    and ``df_c/db_i = Delta_i[c]`` (docs/math.md section 1) give the Gram matrix without
     forming it.
     """
     hs = backend.forward(mlp, params, X).hs
@@ -455,7 +415,7 @@ def residual_factorisation(mlp, params, X, y, loss, *, backend="numpy"):
 
     Notes
     -----
-    ``grad_theta l_n = J_theta(x_n)^T eps_n`` (MATH.md section 4), so
+    ``grad_theta l_n = J_theta(x_n)^T eps_n`` (docs/math.md section 4), so
     ``||grad_theta l_n||^2 = eps_n^T G_n eps_n <= ||eps_n||^2 ||J_theta(x_n)||_2^2`` with
     ``G_n = J_theta J_theta^T`` (k x k). For one output (squared or logistic loss) this is
     the equality ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2``.
@@ -501,10 +461,10 @@ def pressure_transfer(mlp, params, X, y, loss, *, backend="numpy"):
 
     Notes
     -----
-    MATH.md section 5, last line:
+    docs/math.md section 5, last line:
     ``||grad_theta l_n||^2 >= eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``. By the
     factorisation ``||grad_theta l_n||^2 = eps_n^2 ||grad_theta f(x_n)||^2`` it is the
-    transfer theorem (MATH.md section 3) times ``eps_n^2``. The terms
+    transfer theorem (docs/math.md section 3) times ``eps_n^2``. The terms
     ``||J||_F^2 T_i^2`` come from :func:`gcref.transfer.transfer_terms`, finite (zero)
     on dead layers.
     """

@@ -1,33 +1,31 @@
-"""Geometric complexity and the implicit-regularisation terms of users' own models.
+"""The measures, each written once, for every kind of model.
 
-The functions of :mod:`gcref.complexity` and :mod:`gcref.igr` take a :class:`gcref.MLP`;
-the functions here take a model you built yourself:
+``model`` is one of
 
+- a :class:`gcref.MLP`, with ``params=`` its ``(W, b)`` pairs and ``backend=`` one of
+  ``"numpy"`` (the analytic reference, the default), ``"autograd"``, ``"jax"``, ``"torch"``;
 - a ``torch.nn.Module`` (``params`` left out: the module's own parameters that require
   grad are theta);
 - a JAX function ``apply(params, x)`` on a batch ``x``, with its parameter pytree
-  ``params`` (plain JAX; Flax ``model.apply`` with its variables; an Equinox model split
-  by ``params, rest = eqx.partition(model, eqx.is_inexact_array)`` and applied as
-  ``lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``).
+  ``params`` (plain JAX; Flax ``model.apply`` with ``{"params": ...}``; an Equinox model
+  split by ``params, rest = eqx.partition(model, eqx.is_inexact_array)`` and applied as
+  ``lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``);
+- a :class:`gcref.backends.adapter.ModelAdapter` of your own.
 
-Every measure is written once here on the per-chunk primitives of
-:class:`gcref.backends._base.ModelAdapter`; the adapters live in
-``gcref/backends/torch.py`` and ``gcref/backends/jax.py``.
+Every measure is one function here, on the per-chunk primitives of
+:class:`~gcref.backends.adapter.ModelAdapter`; the same function measures the reference
+MLP and a ResNet on a GPU. The MLP functions of the top-level package
+(``gcref.geometric_complexity(mlp, params, X)`` and the like) are thin spellings of these.
 
 Data
 ----
-``data`` is one of
-
-- an array ``X`` of shape ``(N, *input_shape)`` (NumPy, torch or JAX);
-- a ``tuple`` ``(X, y)`` of two arrays with the same first dimension;
-- any other iterable of batches, each an array ``X`` or a pair ``(X, y)`` (a tuple or a
-  list, which is what a ``torch.utils.data.DataLoader`` yields).
-
-Batches are cut into chunks of at most ``chunk_size`` examples, so that memory stays
-bounded whatever the data set size; sums are accumulated in float64 whatever the model's
-dtype. Functions that need labels (losses, IGR terms, Hessian-vector products) require
-pairs. Mini-batches for the SGD term are the batches of the iterable, or consecutive
-blocks of ``batch_size`` examples of an array.
+``data`` is an array ``X``, a tuple ``(X, y)``, or an iterable of batches (a list, a
+generator, a ``torch.utils.data.DataLoader``); see :mod:`gcref.data`. Each measure
+also takes the reading options ``input_key`` and ``target_key`` (dict batches),
+``batch_fn`` (a batch -> ``X`` or ``(X, y)``) and ``progress`` (a progress line on stderr;
+default: when stderr is a terminal). Batches are cut into chunks of at most
+``chunk_size`` examples; sums are accumulated in float64 whatever the model's dtype. The
+batches of an iterable are the mini-batches of the SGD term.
 
 Several processes
 -----------------
@@ -37,114 +35,89 @@ the value of the whole data set, equal to the single-process one. Per-example ar
 stay those of the process's own shard. The j-th mini-batch of the SGD term is the union
 of every process's j-th batch, as in data-parallel training: every process must pass the
 same number of mini-batches (a clear error otherwise, on every process). A process's
-shard may be empty; the whole data set may not. In JAX, a single process
-shards each chunk across ``jax.devices()`` (``shard=True``).
+shard may be empty; the whole data set may not. In JAX, a single process shards each
+chunk across ``jax.devices()``.
 
 Index conventions: ``N`` examples, ``k`` outputs, ``d`` input features (the product of
-``input_shape``), ``p`` parameters; ``J(x) = df/dx`` of shape ``(k, d)``.
+``input_shape``), ``p`` parameters in ``T`` tensors; ``J(x) = df/dx`` of shape ``(k, d)``.
 """
 
 from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar, check_positive_int, check_rng
-from gcref.backends._base import ModelAdapter
-from gcref.complexity import PROBES, Complexity, ComplexityEstimate, _draw_probes
+from gcref._checks import check_finite_scalar, check_rng
+from gcref.backends.adapter import ModelAdapter
+from gcref.data import DataSpec, chunks, labelled_chunks, minibatches, reiterable
 from gcref.losses import get_loss
 from gcref.mlp import MLP
+from gcref.results import Complexity, ComplexityEstimate, GradNorms, IGRTerms
 
 __all__ = [
     "IGRTerms",
+    "MODES",
+    "PROBES",
     "dirichlet_energy",
     "estimate_geometric_complexity",
     "geometric_complexity",
     "igr_terms",
+    "loss_grad",
     "loss_grad_sq_norms",
     "loss_hvp",
+    "mean_loss",
+    "modified_loss_gd",
+    "modified_loss_gd_grad",
+    "modified_loss_per_example",
+    "modified_loss_per_example_grad",
+    "modified_loss_sgd",
+    "modified_loss_sgd_grad",
     "output_grad_sq_norms",
     "parameter_vector",
     "wrap",
 ]
 
 MODES = ("auto", "reverse", "forward")
+PROBES = ("gaussian", "rademacher", "sphere")
 
 
-@dataclass(frozen=True)
-class IGRTerms:
-    """The loss and the three implicit-regularisation terms over a data set (MATH.md section 5).
-
-    Attributes
-    ----------
-    loss : float
-        ``L = (1/N) sum_n l_n``.
-    full_batch : float
-        ``||grad L||^2``, the term of full-batch gradient descent.
-    mini_batch : float
-        ``(1/m) sum_j ||grad L_{B_j}||^2`` over the m mini-batches, the term of one SGD epoch.
-    per_example : float
-        ``(1/N) sum_n ||grad_theta l_n||^2``, the term of batch size 1 (seed 000, eq. 6).
-    n_examples : int
-        ``N``.
-    n_batches : int
-        ``m``.
-    """
-
-    loss: float
-    full_batch: float
-    mini_batch: float
-    per_example: float
-    n_examples: int
-    n_batches: int
-
-    def modified_loss_gd(self, h):
-        """``L~_GD = L + (h/4) ||grad L||^2`` for step size ``h``."""
-        h = check_finite_scalar(h, "h", nonnegative=True)
-        return self.loss + h / 4 * self.full_batch
-
-    def modified_loss_sgd(self, h):
-        """``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` (equal-sized mini-batches)."""
-        h = check_finite_scalar(h, "h", nonnegative=True)
-        return self.loss + h / 4 * self.mini_batch
-
-    def modified_loss_per_example(self, h):
-        """``L + h/(4N) sum_n ||grad_theta l_n||^2`` (seed 000, eq. 6)."""
-        h = check_finite_scalar(h, "h", nonnegative=True)
-        return self.loss + h / 4 * self.per_example
+# -- models ----------------------------------------------------------------------------------
 
 
-def wrap(model, params=None):
-    """The :class:`~gcref.backends._base.ModelAdapter` for a user's model.
+def wrap(model, params=None, backend=None):
+    """The :class:`~gcref.backends.adapter.ModelAdapter` for a model.
 
     Parameters
     ----------
-    model : torch.nn.Module, callable or ModelAdapter
-        A module, or a JAX ``apply(params, x)`` function.
-    params : pytree, optional
-        The JAX parameters; must be left out for a ``torch.nn.Module``.
+    model : gcref.MLP, torch.nn.Module, callable or ModelAdapter
+    params : optional
+        The MLP's ``(W, b)`` pairs, or a JAX function's parameter pytree; must be left
+        out for a ``torch.nn.Module`` and an adapter.
+    backend : str, optional
+        For a :class:`gcref.MLP`: the MLP backend (default ``"numpy"``). For a torch
+        module or a JAX function it may only name their own framework.
 
     Raises
     ------
     TypeError
-        For a :class:`gcref.MLP` (use the functions of :mod:`gcref.complexity` and
-        :mod:`gcref.igr`), a module with ``params``, a function without them, or anything
-        else.
+        For a missing or superfluous ``params``, a backend that does not fit the model,
+        or a model of no known kind.
     """
     if isinstance(model, ModelAdapter):
-        if params is not None:
-            raise TypeError("params must be left out when model is already a ModelAdapter")
+        for name, value in (("params", params), ("backend", backend)):
+            if value is not None:
+                raise TypeError(f"{name} must be left out when model is already a ModelAdapter")
         return model
     if isinstance(model, MLP):
-        raise TypeError(
-            "model is a gcref.MLP: use gcref.geometric_complexity(mlp, params, data, backend=...) "
-            "and the other MLP functions; gcref.models takes torch.nn.Module models and JAX "
-            "apply functions"
-        )
+        if params is None:
+            raise TypeError("a gcref.MLP needs params=: its (W, b) pairs")
+        from gcref.backends.mlp_model import MLPModel
+
+        return MLPModel(model, params, "numpy" if backend is None else backend)
     if _is_torch_module(model):
+        _check_own_backend(backend, "torch", "a torch.nn.Module")
         if params is not None:
             raise TypeError(
                 "params must be left out for a torch.nn.Module: its own parameters are used"
@@ -153,6 +126,7 @@ def wrap(model, params=None):
 
         return TorchModel(model)
     if callable(model):
+        _check_own_backend(backend, "jax", "a JAX apply function")
         if params is None:
             raise TypeError(
                 "a function model needs params: pass apply(params, x) as model and its "
@@ -162,33 +136,65 @@ def wrap(model, params=None):
 
         return JaxModel(model, params)
     raise TypeError(
-        f"model must be a torch.nn.Module or a JAX apply(params, x) function; "
-        f"got {type(model).__name__}"
+        "model must be a torch.nn.Module or a JAX apply(params, x) function, a gcref.MLP with "
+        f"params, or a ModelAdapter; got {type(model).__name__}"
     )
 
 
+def _check_own_backend(backend, own, what):
+    if backend is not None and backend != own:
+        raise TypeError(
+            f"backend={backend!r} does not apply to {what}: it is measured in {own} "
+            "(backend chooses the framework of a gcref.MLP only)"
+        )
+
+
+def _is_torch_module(model):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def _spec(input_key, target_key, batch_fn, progress):
+    return DataSpec(input_key, target_key, batch_fn, progress)
+
+
+def _check_count(count):
+    if count == 0:
+        raise ValueError("data holds no example: the measure is a mean over at least one example")
+
+
+def _settings(adapter, spec, **extra):
+    out = {"model": repr(adapter), **spec.settings()}
+    out.update({k: (v.name if hasattr(v, "name") and not isinstance(v, str) else v) for k, v in extra.items()})
+    return out
+
+
+# -- geometric complexity -------------------------------------------------------------------
+
+
 def geometric_complexity(
-    model, data, *, params=None, chunk_size=256, mode="auto", per_example=False
+    model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
 ):
-    """Exact geometric complexity ``GC(f, D) = (1/N) sum_n ||J(x_n)||_F^2`` of a user's model.
+    """Exact geometric complexity ``GC(f, D) = (1/N) sum_n ||J(x_n)||_F^2``.
 
     Parameters
     ----------
-    model : torch.nn.Module or callable
+    model, params, backend
         See :func:`wrap`.
     data : array, (X, y) tuple or iterable of batches
         See the module docstring; labels, if any, are ignored.
-    params : pytree, optional
-        JAX parameters.
     chunk_size : int
         Most examples per call of the framework.
     mode : {"auto", "reverse", "forward"}
         ``"reverse"``: one forward pass and k input-only vector-Jacobian products per
         chunk; ``"forward"``: d Jacobian-vector products; ``"auto"`` picks forward mode
-        when ``d < k``.
+        when ``d < k``. The same numbers either way.
     per_example : bool
-        Return a :class:`gcref.complexity.Complexity` with the per-example values
-        (this process's examples) instead of a float.
+        Return a :class:`gcref.results.Complexity` with the per-example values (this
+        process's examples) instead of a float.
+    input_key, target_key, batch_fn, progress
+        Reading options (module docstring).
 
     Returns
     -------
@@ -196,16 +202,18 @@ def geometric_complexity(
 
     Notes
     -----
-    MATH.md section 2. The model is evaluated in inference mode (``module.eval()``,
-    restored afterwards), so that each example's Jacobian is its own.
+    docs/math.md section 2 (seed 003). For a linear model ``f(x) = W x + b``,
+    ``GC = ||W||_F^2`` (seed 000, Remark 2). Users' models are evaluated in inference
+    mode (``module.eval()``, restored afterwards), so that each example's Jacobian is
+    its own.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    adapter = wrap(model, params)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    values = []
-    k = None
-    for X, _ in _chunks(data, chunk_size, need_targets=False, allow_empty=True):
+    adapter = wrap(model, params, backend)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    values, k = [], None
+    for X, _ in chunks(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
+                       what="geometric_complexity", check=adapter.check_batch):
         if k is None:
             k = adapter.output_dim(X)
         chosen = mode
@@ -216,35 +224,58 @@ def geometric_complexity(
     total, count = adapter.all_reduce_sum(np.array([local.sum(), local.size], dtype=np.float64))
     _check_count(count)
     value = float(total / count)
-    return Complexity(value, local) if per_example else value
+    if not per_example:
+        return value
+    return Complexity(value, local, _settings(adapter, spec, chunk_size=chunk_size, mode=mode))
 
 
-def dirichlet_energy(model, data, *, params=None, chunk_size=256, mode="auto", per_example=False):
-    """Discrete Dirichlet energy ``DE^(f, D) = GC(f, D) / 2`` (MATH.md section 2; seed 000, eq. 5).
+def dirichlet_energy(
+    model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Discrete Dirichlet energy ``DE^(f, D) = GC(f, D) / 2`` (docs/math.md section 2; seed 000, eq. 5).
 
-    Same parameters and return type as :func:`geometric_complexity`.
+    Same parameters and return type as :func:`geometric_complexity`; per-example values
+    are ``||J(x_n)||_F^2 / 2``. Not the continuous Dirichlet energy of seed 000, eq. 4
+    (an integral over the feature polytope: :func:`gcref.geometry.graph_volume`).
     """
     gc = geometric_complexity(
-        model, data, params=params, chunk_size=chunk_size, mode=mode, per_example=per_example
+        model, data, params=params, backend=backend, chunk_size=chunk_size, mode=mode,
+        per_example=True, input_key=input_key, target_key=target_key, batch_fn=batch_fn,
+        progress=progress,
     )
-    if per_example:
-        return Complexity(gc.value / 2, gc.per_example / 2)
-    return gc / 2
+    half = Complexity(gc.value / 2, gc.per_example / 2, gc.settings)
+    return half if per_example else half.value
+
+
+def draw_probes(rng, probe, shape):
+    """Probes of ``shape`` ``(..., k)``, drawn in row-major order so that chunking does not change them.
+
+    ``"gaussian"``: standard normal entries; ``"rademacher"``: independent signs;
+    ``"sphere"``: uniform on the unit sphere of ``R^k`` (the statistic is then scaled by k).
+    """
+    if probe == "rademacher":
+        return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+    v = rng.standard_normal(shape)
+    if probe == "sphere":
+        v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    return v
 
 
 def estimate_geometric_complexity(
-    model, data, rng, *, params=None, n_probes=1, probe="gaussian", chunk_size=256
+    model, data, rng, *, params=None, backend=None, n_probes=1, probe="gaussian", chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
 ):
-    """Unbiased probe estimate of ``GC(f, D)`` with its standard error, for a user's model.
+    """Unbiased probe estimate of ``GC(f, D)`` with its standard error.
 
     Parameters
     ----------
-    model, data, params, chunk_size
-        As in :func:`geometric_complexity`.
+    model, data, params, backend, chunk_size
+        As in :func:`geometric_complexity`; a chunk holds at least one example with all
+        its probes.
     rng : numpy.random.Generator
         Source of the probes, drawn example by example: the same state gives the same
-        probes in every framework and for every ``chunk_size`` (and the same as
-        :func:`gcref.estimate_geometric_complexity` on an MLP).
+        probes for every model kind, backend and ``chunk_size``.
     n_probes : int
         Probes per example; each costs one input-only vector-Jacobian product.
     probe : {"gaussian", "rademacher", "sphere"}
@@ -256,23 +287,30 @@ def estimate_geometric_complexity(
 
     Notes
     -----
-    MATH.md section 2: ``E ||v^T J||^2 = ||J||_F^2`` for ``E[v v^T] = I_k``; sphere probes
-    are scaled by k. The variance of the mean, the data being fixed, is estimated by
-    ``sum_n Var(s_n) / (P N^2)``. Under ``torch.distributed`` the sums are all-reduced;
-    each process should pass its own generator.
+    docs/math.md section 2: ``E ||v^T J||^2 = ||J||_F^2`` for ``E[v v^T] = I_k``; sphere
+    probes have ``E[v v^T] = I_k / k``, so their statistic is ``k ||v^T J||^2``. With
+    ``s_{n,p}`` the statistic of probe p at example n, the estimate is
+    ``mean_{n,p} s_{n,p}`` and its variance, the data being fixed, ``sum_n Var(s_n) /
+    (P N^2)``, estimated with each example's sample variance over its P probes. Under
+    ``torch.distributed`` the sums are all-reduced; each process should pass its own
+    generator.
     """
+    from gcref._checks import check_positive_int
+
     check_rng(rng)
     n_probes = check_positive_int(n_probes, "n_probes")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
-    adapter = wrap(model, params)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    stats = []
-    k = None
-    for X, _ in _chunks(data, max(1, chunk_size // n_probes), need_targets=False, allow_empty=True):
+    adapter = wrap(model, params, backend)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    stats, k = [], None
+    for X, _ in chunks(data, max(1, chunk_size // n_probes), need_targets=False,
+                       allow_empty=True, spec=spec, what="estimate_geometric_complexity",
+                       check=adapter.check_batch):
         if k is None:
             k = adapter.output_dim(X)
-        probes = _draw_probes(rng, probe, (X.shape[0], n_probes, k))
+        probes = draw_probes(rng, probe, (X.shape[0], n_probes, k))
         s = adapter.probe_sq_norms(X, probes)
         stats.append(k * s if probe == "sphere" else s)
     stats = np.concatenate(stats) if stats else np.zeros((0, n_probes))
@@ -283,51 +321,207 @@ def estimate_geometric_complexity(
     _check_count(count)
     value = float(total / (count * n_probes))
     stderr = float("nan") if n_probes == 1 else float(np.sqrt(var_sum / (n_probes * count**2)))
-    return ComplexityEstimate(value, stderr, n_probes, int(count))
+    settings = _settings(adapter, spec, chunk_size=chunk_size, probe=probe)
+    return ComplexityEstimate(value, stderr, n_probes, int(count), settings)
 
 
-def output_grad_sq_norms(model, data, *, params=None, chunk_size=256):
-    """Per-example ``||grad_theta f(x_n)||_F^2`` (summed over the k outputs), float64 ``(N,)``.
+# -- per-example gradient norms -------------------------------------------------------------
+
+
+def output_grad_sq_norms(
+    model, data, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Per-example ``||grad_theta f(x_n)||_F^2`` (summed over the k outputs), by parameter tensor.
+
+    Returns
+    -------
+    GradNorms
+        ``.total`` of shape (N,), ``.per_parameter`` (N, T) with ``.names``; for a
+        :class:`gcref.MLP` also ``.weights``, ``.biases`` and ``.per_layer`` (N, l).
+        ``numpy.asarray`` of it is ``.total``. Values are this process's.
 
     Notes
     -----
-    MATH.md sections 1 and 3: the right-hand side of the transfer theorem. Linear and
-    convolutional layers of a torch module use the norm identities, never forming a
-    per-example gradient where the Gram form is cheaper. Values are this process's.
+    docs/math.md sections 1 and 3: the right-hand side of the transfer theorem,
+    ``sum_i ||Delta_i||_F^2 (1 + ||h_i||^2)`` for an MLP. Per-example gradients are never
+    formed where a norm identity applies (MLP layers; torch Linear, convolution and
+    eval-mode BatchNorm layers, and any layer registered with
+    :func:`gcref.backends.torch_layers.register_norm_rule`).
     """
-    adapter = wrap(model, params)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    return np.concatenate(
-        [
-            adapter.output_grad_sq_norms(X).sum(axis=1)
-            for X, _ in _chunks(data, chunk_size, need_targets=False)
-        ]
-    )
+    adapter = wrap(model, params, backend)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    rows = [
+        adapter.output_grad_sq_norms(X)
+        for X, _ in chunks(data, chunk_size, need_targets=False, spec=spec,
+                           what="output_grad_sq_norms", check=adapter.check_batch)
+    ]
+    settings = _settings(adapter, spec, chunk_size=chunk_size)
+    return GradNorms(np.concatenate(rows), adapter.parameter_names(), settings)
 
 
-def loss_grad_sq_norms(model, data, loss, *, params=None, chunk_size=256):
-    """Per-example ``||grad_theta l_n||^2``, float64 ``(N,)`` (MATH.md section 4).
+def loss_grad_sq_norms(
+    model, data, loss, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Per-example ``||grad_theta l_n||^2``, by parameter tensor (docs/math.md sections 1 and 4).
 
     ``loss`` is a name (``"squared"``, ``"logistic"``, ``"softmax_cross_entropy"``) or a
-    :class:`gcref.losses.Loss`; ``data`` must carry labels. Values are this process's.
+    :class:`gcref.losses.Loss`; ``data`` must carry labels. Returns a :class:`GradNorms`
+    as :func:`output_grad_sq_norms`; values are this process's.
     """
-    adapter = wrap(model, params)
+    adapter = wrap(model, params, backend)
     loss = get_loss(loss)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    return np.concatenate(
-        [
-            adapter.loss_grad_sq_norms(X, targets, loss)[1].sum(axis=1)
-            for X, targets in _labelled_chunks(adapter, data, loss, chunk_size)
-        ]
-    )
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    rows = [
+        adapter.loss_grad_sq_norms(X, targets, loss)[1]
+        for X, targets in labelled_chunks(adapter, data, loss, chunk_size, spec=spec,
+                                          what="loss_grad_sq_norms")
+    ]
+    settings = _settings(adapter, spec, chunk_size=chunk_size, loss=loss)
+    return GradNorms(np.concatenate(rows), adapter.parameter_names(), settings)
 
 
-def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256):
-    """The loss and its implicit-regularisation terms over a data set (MATH.md section 5).
+# -- the loss, its gradient and its Hessian ------------------------------------------------
+
+
+def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=False):
+    """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
+    zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
+    total, grad, hg, count = 0.0, zero, zero, 0
+    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
+                                      spec=spec, what=what):
+        value, g = adapter.loss_grad_sum(X, targets, loss)
+        total, grad, count = total + value, grad + g, count + X.shape[0]
+        if penalty:
+            hg = hg + adapter.per_example_penalty_grad_sum(X, targets, loss)
+    total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
+    _check_count(count)
+    grad = adapter.all_reduce_sum(grad)
+    if penalty:
+        return total, grad, adapter.all_reduce_sum(hg), float(count)
+    return total, grad, float(count)
+
+
+def _hvp_sum(adapter, data, loss, native_vector, chunk_size, spec, what):
+    """``(sum_n H_n v, N)`` all-reduced."""
+    total, count = 0.0 * native_vector, 0
+    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
+                                      spec=spec, what=what):
+        total = total + adapter.loss_hvp_sum(X, targets, loss, native_vector)
+        count += X.shape[0]
+    total = adapter.all_reduce_sum(total)
+    count = adapter.all_reduce_sum(np.array([count], dtype=np.float64))[0]
+    _check_count(count)
+    return total, float(count)
+
+
+def _as_numpy_vector(adapter, native):
+    return np.asarray(adapter.to_numpy(native), dtype=np.float64)
+
+
+def mean_loss(
+    model, data, loss, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """The empirical loss ``L = (1/N) sum_n l(f(x_n), y_n)``, a float (docs/math.md section 4)."""
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    total, count = 0.0, 0
+    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
+                                      spec=spec, what="mean_loss"):
+        total += float(np.sum(loss.per_example(adapter.outputs(X), targets)))
+        count += X.shape[0]
+    total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
+    _check_count(count)
+    return float(total / count)
+
+
+def loss_grad(
+    model, data, loss, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """``grad_theta L``, float64 ``(p,)`` in the order of :func:`parameter_vector`."""
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    _, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "loss_grad")
+    return _as_numpy_vector(adapter, grad) / count
+
+
+def loss_hvp(
+    model, data, loss, vector, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Hessian of the mean loss ``L`` times ``vector``, float64 ``(p,)`` (docs/math.md section 5).
 
     Parameters
     ----------
-    model, params, chunk_size
+    vector : ndarray, shape (p,)
+        In the order of :func:`parameter_vector`.
+
+    Notes
+    -----
+    ``H v = (1/N) sum_n H_n v``, summed over chunks in float64 and all-reduced across
+    processes: exact second-order passes (the R-operator for the ``numpy`` MLP, double
+    backward or forward-over-reverse elsewhere), never finite differences.
+    ``grad(||grad L||^2) = 2 H grad L``.
+    """
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    p = adapter.parameter_vector().shape[0]
+    vector = np.asarray(vector)
+    if vector.shape != (p,):
+        raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
+    if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
+        raise ValueError("vector must hold finite floating-point values")
+    native = adapter.to_native_vector(vector.astype(np.float64))
+    total, count = _hvp_sum(adapter, data, loss, native, chunk_size, spec, "loss_hvp")
+    return _as_numpy_vector(adapter, total) / count
+
+
+def parameter_vector(model, *, params=None, backend=None):
+    """The model's parameters, flattened in the order every gradient here uses, float64 ``(p,)``."""
+    return wrap(model, params, backend).parameter_vector()
+
+
+# -- implicit gradient regularisation -------------------------------------------------------
+
+
+def _agree_on_batch(adapter, batch, j):
+    """Whether every process has a j-th mini-batch (all-reduced: all of them take part)."""
+    have, world = adapter.all_reduce_sum(np.array([batch is not None, 1.0], dtype=np.float64))
+    if have == 0:
+        return False
+    if have != world:
+        raise ValueError(
+            f"every process must pass the same number of mini-batches; {int(world - have)} "
+            f"of {int(world)} processes have no mini-batch {j}"
+        )
+    return True
+
+
+def _each_minibatch(adapter, data, batch_size, spec):
+    """Yield ``(j, batch)`` for every mini-batch, the processes agreeing on each."""
+    batches = iter(minibatches(data, batch_size, spec))
+    for j in itertools.count():
+        batch = next(batches, None)
+        if not _agree_on_batch(adapter, batch, j):
+            return
+        yield j, batch
+
+
+def igr_terms(
+    model, data, loss, *, params=None, backend=None, batch_size=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """The loss and its implicit-regularisation terms over a data set (docs/math.md section 5).
+
+    Parameters
+    ----------
+    model, params, backend, chunk_size
         As in :func:`geometric_complexity`.
     data : (X, y) tuple or iterable of (X, y) batches
         The batches of an iterable are the mini-batches of the SGD term.
@@ -345,29 +539,19 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
     -----
     ``grad L = (1/N) sum_n grad l_n`` and each ``grad L_{B_j}`` are accumulated in float64
     over chunks (and processes) before their squared norms are taken; the per-example
-    term uses the per-example norms of :func:`loss_grad_sq_norms`.
+    term uses the per-example norms of :func:`loss_grad_sq_norms`, from the same
+    backward pass where the adapter can.
     """
-    adapter = wrap(model, params)
+    adapter = wrap(model, params, backend)
     loss = get_loss(loss)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    batches = iter(_minibatches(data, batch_size))
-    zero = _zero_vector(adapter)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
-    for j in itertools.count():
-        batch = next(batches, None)
-        # Every process must take part in the same all-reductions: agree first on
-        # whether there is a j-th mini-batch at all.
-        have, world = adapter.all_reduce_sum(np.array([batch is not None, 1.0], dtype=np.float64))
-        if have == 0:
-            break
-        if have != world:
-            raise ValueError(
-                f"every process must pass the same number of mini-batches; {int(world - have)} "
-                f"of {int(world)} processes have no mini-batch {j}"
-            )
+    for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         batch_grad, batch_count = zero, 0
-        for X, targets in _labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True):
+        for X, targets in labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True,
+                                          what="igr_terms"):
             chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
@@ -393,156 +577,196 @@ def igr_terms(model, data, loss, *, params=None, batch_size=None, chunk_size=256
         per_example=float(per_example_sum / n),
         n_examples=int(n),
         n_batches=len(batch_sq_norms),
+        settings=_settings(adapter, spec, chunk_size=chunk_size, loss=loss, batch_size=batch_size),
     )
 
 
-def loss_hvp(model, data, loss, vector, *, params=None, chunk_size=256):
-    """Hessian of the mean loss ``L`` times ``vector``, float64 ``(p,)`` (MATH.md section 5).
+def _check_h(h):
+    return check_finite_scalar(h, "h", nonnegative=True)
 
-    Parameters
-    ----------
-    vector : ndarray, shape (p,)
-        In the order of :func:`parameter_vector`.
+
+def modified_loss_gd(
+    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Modified loss of full-batch gradient descent with step ``h``, a float.
 
     Notes
     -----
-    ``H v = (1/N) sum_n H_n v``, summed over chunks in float64 and all-reduced across
-    processes. ``grad(||grad L||^2) = 2 H grad L``.
+    ``L~_GD = L + (h/4) ||grad L||^2`` with L the mean loss (docs/math.md section 5;
+    Barrett and Dherin, Implicit Gradient Regularization). One pass over the data.
     """
-    adapter = wrap(model, params)
+    h = _check_h(h)
+    adapter = wrap(model, params, backend)
     loss = get_loss(loss)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
-    p = adapter.parameter_vector().shape[0]
-    vector = np.asarray(vector)
-    if vector.shape != (p,):
-        raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
-    if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
-        raise ValueError("vector must hold finite floating-point values")
-    native = adapter.to_native_vector(vector.astype(np.float64))
-    total, count = 0.0 * native, 0
-    for X, targets in _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True):
-        total = total + adapter.loss_hvp_sum(X, targets, loss, native)
-        count += X.shape[0]
-    total = adapter.all_reduce_sum(total)
-    count = adapter.all_reduce_sum(np.array([count], dtype=np.float64))[0]
-    _check_count(count)
-    return adapter.to_numpy(total).astype(np.float64) / count
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    total, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "modified_loss_gd")
+    return float(total / count + h / 4 * adapter.vector_sq_norm(grad) / count**2)
 
 
-def parameter_vector(model, *, params=None):
-    """The model's parameters, flattened in the order :func:`loss_hvp` uses, float64 ``(p,)``."""
-    return wrap(model, params).parameter_vector()
+def modified_loss_gd_grad(
+    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Gradient of :func:`modified_loss_gd`, float64 ``(p,)``.
 
-
-# -- data ----------------------------------------------------------------------------------
-
-
-def _is_torch_module(model):
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(model, torch.nn.Module)
-
-
-def _is_array(x):
-    return hasattr(x, "shape") and hasattr(x, "ndim")
-
-
-def _batches(data):
-    """``data`` as an iterator of ``(X, y or None)`` batches (see the module docstring)."""
-    if _is_array(data):
-        yield data, None
-        return
-    if isinstance(data, tuple):
-        yield _pair(data, "data")
-        return
-    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
-        raise TypeError(
-            "data must be an array X, a tuple (X, y) or an iterable of batches; "
-            f"got {type(data).__name__}"
-        )
-    for j, batch in enumerate(data):
-        if _is_array(batch):
-            yield batch, None
-        elif isinstance(batch, (tuple, list)):
-            yield _pair(batch, f"data batch {j}")
-        else:
-            raise TypeError(
-                f"data batch {j} must be an array X or a pair (X, y); got {type(batch).__name__}"
-            )
-
-
-def _pair(batch, name):
-    if len(batch) != 2:
-        raise TypeError(f"{name} must be a pair (X, y) of arrays; got {len(batch)} items")
-    if not all(_is_array(a) for a in batch):
-        kinds = ", ".join(type(a).__name__ for a in batch)
-        raise TypeError(
-            f"{name} must be a pair (X, y) of arrays; got ({kinds}): convert with numpy.asarray"
-        )
-    X, y = batch
-    if X.ndim < 2:
-        raise ValueError(f"{name}: X must have shape (n, *input_shape); got {tuple(X.shape)}")
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(
-            f"{name}: X has {X.shape[0]} examples but y has {y.shape[0]} labels"
-        )
-    return X, y
-
-
-def _chunks(data, chunk_size, *, need_targets, allow_empty=False):
-    """Chunks ``(X, y)`` of at most ``chunk_size`` examples.
-
-    Empty data raises unless ``allow_empty``: a process's shard may be empty as long as
-    the whole data set is not (the callers check the all-reduced count).
+    Notes
+    -----
+    ``grad L~_GD = grad L + (h/2) H grad L`` (docs/math.md section 5): one pass for
+    ``grad L`` and one for the Hessian-vector product, so ``data`` must be re-iterable.
     """
-    seen = False
-    for j, (X, y) in enumerate(_batches(data)):
-        if X.ndim < 2:
-            raise ValueError(
-                f"data batch {j}: X must have shape (n, *input_shape); got {tuple(X.shape)}"
-            )
-        if need_targets and y is None:
-            raise TypeError(
-                "data must carry labels for this measure: pass (X, y) or batches of (X, y)"
-            )
-        for start in range(0, X.shape[0], chunk_size):
-            seen = True
-            yield X[start : start + chunk_size], None if y is None else y[start : start + chunk_size]
-    if not seen and not allow_empty:
-        raise ValueError("data holds no example: the measure is a mean over at least one example")
+    h = _check_h(h)
+    reiterable(data, "modified_loss_gd_grad")
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    _, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "modified_loss_gd_grad")
+    g = grad * (1.0 / count)
+    hg, _ = _hvp_sum(adapter, data, loss, g, chunk_size, spec, "modified_loss_gd_grad")
+    return _as_numpy_vector(adapter, g + hg * (h / (2 * count)))
 
 
-def _labelled_chunks(adapter, data, loss, chunk_size, allow_empty=False):
-    """Chunks ``(X, targets)`` with ``targets`` prepared by ``loss`` as float64 ``(n, k)``."""
-    k = None
-    for X, y in _chunks(data, chunk_size, need_targets=True, allow_empty=allow_empty):
-        if k is None:
-            k = adapter.output_dim(X)
-        y = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
-        yield X, loss.prepare_targets(y, X.shape[0], k, np.float64)
+def _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, with_hvp):
+    """Per mini-batch: ``(sum l, sum grad l, n_j, [H_j grad L_j])``, all-reduced."""
+    for j, batch in _each_minibatch(adapter, data, batch_size, spec):
+        total, grad, count = _loss_sum_and_grad(
+            adapter, batch, loss, chunk_size, DataSpec(), "modified_loss_sgd"
+        )
+        if count == 0:
+            raise ValueError(f"mini-batch {j} holds no example")
+        if with_hvp:
+            g = grad * (1.0 / count)
+            hg, _ = _hvp_sum(adapter, batch, loss, g, chunk_size, DataSpec(), "modified_loss_sgd")
+            yield total, grad, count, hg * (1.0 / count)
+        else:
+            yield total, grad, count, None
 
 
-def _minibatches(data, batch_size):
-    """The mini-batches of the SGD term, each a ``(X, y)`` pair."""
-    if _is_array(data):
-        raise TypeError("data must carry labels for the IGR terms: pass (X, y) or batches of (X, y)")
-    if isinstance(data, tuple):
-        if batch_size is None:
-            raise TypeError(
-                "batch_size is required when data is one (X, y) pair: it defines the mini-batches"
-            )
-        X, y = _pair(data, "data")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        return [(X[s : s + batch_size], y[s : s + batch_size]) for s in range(0, X.shape[0], batch_size)]
-    if batch_size is not None:
-        raise TypeError("batch_size must be left out when data is an iterable of mini-batches")
-    return ([X] if y is None else [(X, y)] for X, y in _batches(data))
+def modified_loss_sgd(
+    model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Modified loss of one epoch of SGD with step ``h`` over the mini-batches of ``data``.
+
+    Parameters
+    ----------
+    data, batch_size
+        As in :func:`igr_terms`: the batches of an iterable, or consecutive blocks of
+        ``batch_size`` examples of an ``(X, y)`` tuple, are the mini-batches ``B_j``.
+
+    Notes
+    -----
+    ``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` with L the mean loss over all N
+    examples and ``L_{B_j}`` the mean loss over ``B_j`` (docs/math.md section 5; Smith,
+    Dherin, Barrett and De). It is the modified loss of an epoch for mini-batches of
+    equal size, averaged over the orders of the batches.
+    """
+    h = _check_h(h)
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    loss_sum, n, terms = 0.0, 0, []
+    for total, grad, count, _ in _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, False):
+        loss_sum, n = loss_sum + total, n + count
+        terms.append(adapter.vector_sq_norm(grad) / count**2)
+    _check_count(n)
+    return float(loss_sum / n + h / (4 * len(terms)) * sum(terms))
 
 
-def _check_count(count):
-    if count == 0:
-        raise ValueError("data holds no example: the measure is a mean over at least one example")
+def modified_loss_sgd_grad(
+    model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Gradient of :func:`modified_loss_sgd`, float64 ``(p,)``.
+
+    Notes
+    -----
+    ``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``: one Hessian-vector product per
+    mini-batch (two passes over each mini-batch).
+    """
+    h = _check_h(h)
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    grad_sum, penalty, n, m = None, None, 0, 0
+    for _, grad, count, hg in _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, True):
+        grad_sum = grad if grad_sum is None else grad_sum + grad
+        penalty = hg if penalty is None else penalty + hg
+        n, m = n + count, m + 1
+    _check_count(n)
+    return _as_numpy_vector(adapter, grad_sum * (1.0 / n) + penalty * (h / (2 * m)))
 
 
-def _zero_vector(adapter):
-    return adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
+FORMS = ("gradient", "residual")
 
+
+def modified_loss_per_example(
+    model, data, loss, h, *, params=None, backend=None, form="gradient", chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Modified loss of SGD with batch size 1 (seed 000, eq. 6), a float.
+
+    Parameters
+    ----------
+    form : {"gradient", "residual"}
+        ``"gradient"``: from the per-example loss-gradient norms ``||grad_theta l_n||^2``;
+        ``"residual"``: from ``eps_n^2 ||grad_theta f(x_n)||^2``, one output only. The two
+        agree (the factorisation of docs/math.md section 4).
+
+    Notes
+    -----
+    ``L~ = L + h/(4N) sum_n ||grad_theta l_n||^2 = L + h/(4N) sum_n eps_n^2 ||grad_theta f(x_n)||^2``
+    (docs/math.md section 5). No per-example gradient is formed where an identity applies.
+    """
+    h = _check_h(h)
+    if form not in FORMS:
+        raise ValueError(f"form must be 'gradient' or 'residual'; got {form!r}")
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    loss_sum, penalty, count = 0.0, 0.0, 0
+    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
+                                      spec=spec, what="modified_loss_per_example"):
+        if form == "gradient":
+            per, sq = adapter.loss_grad_sq_norms(X, targets, loss)
+            penalty += float(np.sum(sq))
+        else:
+            if targets.shape[1] != 1:
+                raise ValueError(
+                    f"the residual form needs k = 1 output; the model has k = {targets.shape[1]} "
+                    "(use form='gradient')"
+                )
+            out = adapter.outputs(X)
+            per = loss.per_example(out, targets)
+            eps = loss.residual(out, targets)[:, 0]
+            penalty += float(np.sum(eps**2 * adapter.output_grad_sq_norms(X).sum(axis=1)))
+        loss_sum += float(np.sum(per))
+        count += X.shape[0]
+    loss_sum, penalty, count = adapter.all_reduce_sum(
+        np.array([loss_sum, penalty, count], dtype=np.float64)
+    )
+    _check_count(count)
+    return float(loss_sum / count + h / (4 * count) * penalty)
+
+
+def modified_loss_per_example_grad(
+    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
+    input_key=None, target_key=None, batch_fn=None, progress=None,
+):
+    """Gradient of :func:`modified_loss_per_example`, float64 ``(p,)``.
+
+    Notes
+    -----
+    ``grad L + h/(4N) 2 sum_n H_n grad_theta l_n``, with ``H_n`` the Hessian of the n-th
+    per-example loss: for the ``numpy`` MLP one R-operator pass with per-example rank-one
+    directions (vectorised over the batch); elsewhere the gradient of the per-example
+    norm identities (or of ``vmap(grad)`` where no identity applies).
+    """
+    h = _check_h(h)
+    adapter = wrap(model, params, backend)
+    loss = get_loss(loss)
+    spec = _spec(input_key, target_key, batch_fn, progress)
+    _, grad, hg, count = _loss_sum_and_grad(
+        adapter, data, loss, chunk_size, spec, "modified_loss_per_example_grad", penalty=True
+    )
+    return _as_numpy_vector(adapter, (grad + hg * (h / 2)) * (1.0 / count))

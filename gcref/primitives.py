@@ -1,4 +1,4 @@
-"""Public MLP primitives in any backend, on NumPy arrays (MATH.md sections 1 and 4).
+"""Public MLP primitives in any backend, on NumPy arrays (docs/math.md sections 1 and 4).
 
 Each function checks its inputs, converts them to the chosen backend's arrays, calls the
 backend and returns NumPy arrays. ``backend`` is a name (``"numpy"``, ``"autograd"``,
@@ -10,41 +10,16 @@ Index conventions: layers are listed 0-based (entry ``i - 1`` belongs to layer i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from gcref import models
 from gcref._checks import check_float_array, not_an_mlp
 from gcref.backends import get_backend
 from gcref.backends._base import Forward
 from gcref.losses import get_loss
 from gcref.mlp import MLP
-
-
-@dataclass
-class GradNorms:
-    """Per-example squared gradient norms, split by layer and by weights and biases.
-
-    Attributes
-    ----------
-    weights : ndarray, shape (N, l)
-        ``||grad_{W_i}||_F^2``.
-    biases : ndarray, shape (N, l)
-        ``||grad_{b_i}||^2``.
-    """
-
-    weights: np.ndarray
-    biases: np.ndarray
-
-    @property
-    def per_layer(self):
-        """``||grad_{(W_i, b_i)}||^2``, shape (N, l)."""
-        return self.weights + self.biases
-
-    @property
-    def total(self):
-        """``||grad_theta||^2``, shape (N,)."""
-        return self.per_layer.sum(axis=1)
+from gcref.params import flatten_params, unflatten_params
+from gcref.results import GradNorms
 
 
 class Call:
@@ -111,7 +86,7 @@ def predict(mlp, params, X, *, backend="numpy"):
 
 
 def input_jacobian(mlp, params, X, *, backend="numpy"):
-    """Input Jacobians J(x) = df/dx, shape (N, k, d) (MATH.md section 1)."""
+    """Input Jacobians J(x) = df/dx, shape (N, k, d) (docs/math.md section 1)."""
     with Call(mlp, params, X, backend) as c:
         return c.numpy(c.backend.input_jacobian(mlp, c.nparams, c.nX))
 
@@ -153,45 +128,55 @@ def param_jacobian(mlp, params, X, *, backend="numpy"):
 def param_grad_sq_norms(mlp, params, X, *, backend="numpy"):
     """Per-example squared norms of ``grad_theta f`` (summed over the k outputs), by layer.
 
-    Computed from ``||Delta_i||_F^2 (1 + ||h_i||^2)`` (MATH.md section 1, last identity)
-    without forming per-example gradients.
+    The MLP spelling of :func:`gcref.models.output_grad_sq_norms`: computed from
+    ``||Delta_i||_F^2 (1 + ||h_i||^2)`` (docs/math.md section 1, last identity) without
+    forming per-example gradients.
 
     Returns
     -------
     GradNorms
         ``.weights``, ``.biases`` and ``.per_layer`` of shape (N, l); ``.total`` of shape (N,).
     """
-    with Call(mlp, params, X, backend) as c:
-        w, b = c.backend.param_grad_sq_norms(mlp, c.nparams, c.nX)
-        return GradNorms(c.numpy(w), c.numpy(b))
+    X = _batch(_mlp(mlp), params, X)
+    norms = models.output_grad_sq_norms(
+        mlp, X, params=params, backend=backend, chunk_size=_whole(X)
+    )
+    return _in_dtype(norms, X.dtype)
 
 
 def loss_grad_sq_norms(mlp, params, X, y, loss, *, backend="numpy"):
     """Per-example squared norms of ``grad_theta l(f(x_n), y_n)``, by layer.
 
-    ``||grad_{W_i} l_n||^2 = ||g_i||^2 ||h_i||^2`` with ``g_i = dl_n/dz_i`` (MATH.md
-    sections 1 and 4); no per-example gradient is formed.
+    The MLP spelling of :func:`gcref.models.loss_grad_sq_norms`: ``||grad_{W_i} l_n||^2
+    = ||g_i||^2 ||h_i||^2`` with ``g_i = dl_n/dz_i`` (docs/math.md sections 1 and 4); no
+    per-example gradient is formed.
     """
-    with Call(mlp, params, X, backend, y, loss) as c:
-        w, b = c.backend.loss_grad_sq_norms(mlp, c.nparams, c.nX, c.ntargets, c.loss)
-        return GradNorms(c.numpy(w), c.numpy(b))
+    data = _pair(_mlp(mlp), params, X, y, loss)
+    norms = models.loss_grad_sq_norms(
+        mlp, data, loss, params=params, backend=backend, chunk_size=_whole(X)
+    )
+    return _in_dtype(norms, data[0].dtype)
 
 
 def per_example_loss(mlp, params, X, y, loss, *, backend="numpy"):
-    """``l(f(x_n), y_n)`` for every example, shape (N,) (MATH.md section 4)."""
+    """``l(f(x_n), y_n)`` for every example, shape (N,) (docs/math.md section 4)."""
     with Call(mlp, params, X, backend, y, loss) as c:
         out = c.backend.forward(mlp, c.nparams, c.nX).output
         return c.numpy(c.loss.per_example(out, c.ntargets))
 
 
 def mean_loss(mlp, params, X, y, loss, *, backend="numpy"):
-    """The empirical loss L(theta) = (1/N) sum_n l(f(x_n), y_n) (MATH.md section 4)."""
-    with Call(mlp, params, X, backend, y, loss) as c:
-        return float(c.numpy(c.backend.mean_loss(mlp, c.nparams, c.nX, c.ntargets, c.loss)))
+    """The empirical loss L(theta) = (1/N) sum_n l(f(x_n), y_n) (docs/math.md section 4).
+
+    The MLP spelling of :func:`gcref.models.mean_loss`.
+    """
+    return models.mean_loss(
+        _mlp(mlp), _pair(mlp, params, X, y, loss), loss, params=params, backend=backend, chunk_size=_whole(X)
+    )
 
 
 def residuals(mlp, params, X, y, loss, *, backend="numpy"):
-    """``eps_n = dl/df`` at ``f(x_n)``, shape (N, k) (MATH.md section 4)."""
+    """``eps_n = dl/df`` at ``f(x_n)``, shape (N, k) (docs/math.md section 4)."""
     with Call(mlp, params, X, backend, y, loss) as c:
         out = c.numpy(c.backend.forward(mlp, c.nparams, c.nX).output)
         return c.loss.residual(out, c.targets)
@@ -204,23 +189,80 @@ def loss_sensitivities(mlp, params, X, y, loss, *, backend="numpy"):
 
 
 def loss_grad(mlp, params, X, y, loss, *, backend="numpy"):
-    """Gradient of the mean loss, as a tuple of ``(dW_i, db_i)`` like ``params``."""
-    with Call(mlp, params, X, backend, y, loss) as c:
-        grads = c.backend.loss_grad(mlp, c.nparams, c.nX, c.ntargets, c.loss)
-        return tuple(tuple(pair) for pair in c.numpy(grads))
+    """Gradient of the mean loss, as a tuple of ``(dW_i, db_i)`` like ``params``.
+
+    The MLP spelling of :func:`gcref.models.loss_grad`, in the parameters' dtype.
+    """
+    params = _mlp(mlp).check_params(params)
+    vector = models.loss_grad(
+        mlp, _pair(mlp, params, X, y, loss), loss, params=params, backend=backend, chunk_size=_whole(X)
+    )
+    return _like(vector, params)
 
 
 def loss_hvp(mlp, params, X, y, loss, vector, *, backend="numpy"):
     """Hessian of the mean loss times ``vector`` (a tuple shaped like ``params``).
 
-    The ``numpy`` backend uses Pearlmutter's R-operator (an exact second-order pass);
-    the autodiff backends differentiate the gradient.
+    The MLP spelling of :func:`gcref.models.loss_hvp`, in the parameters' dtype. The
+    ``numpy`` backend uses Pearlmutter's R-operator (an exact second-order pass); the
+    autodiff backends differentiate the gradient.
     """
-    with Call(mlp, params, X, backend, y, loss) as c:
-        vec = mlp.check_params(vector, name="vector")
-        if vec[0][0].dtype != c.dtype:
-            raise TypeError(
-                f"vector has dtype {vec[0][0].dtype} but params are {c.dtype}; mixed dtypes are not promoted"
-            )
-        hv = c.backend.loss_hvp(mlp, c.nparams, c.nX, c.ntargets, c.loss, c.native_params(vec))
-        return tuple(tuple(pair) for pair in c.numpy(hv))
+    params = _mlp(mlp).check_params(params)
+    data = _pair(mlp, params, X, y, loss)
+    vec = mlp.check_params(vector, name="vector")
+    if vec[0][0].dtype != params[0][0].dtype:
+        raise TypeError(
+            f"vector has dtype {vec[0][0].dtype} but params are {params[0][0].dtype}; "
+            "mixed dtypes are not promoted"
+        )
+    hv = models.loss_hvp(
+        mlp, data, loss, flatten_params(vec), params=params, backend=backend, chunk_size=_whole(X)
+    )
+    return _like(hv, params)
+
+
+# -- the data contract of the single-batch MLP functions -----------------------------------
+
+
+def _mlp(mlp):
+    if not isinstance(mlp, MLP):
+        raise not_an_mlp(mlp)
+    return mlp
+
+
+def _batch(mlp, params, X):
+    """One batch ``X``, checked under its own name (``"X ..."`` in the errors)."""
+    dtype = mlp.check_params(params)[0][0].dtype
+    return mlp.check_inputs(check_float_array(X, "X", ndim=2, dtype=dtype), dtype)
+
+
+def _pair(mlp, params, X, y, loss):
+    """``(X, y)`` checked as one batch: ``y`` against the loss, in the parameters' dtype.
+
+    The single-batch MLP functions keep their strict contract (targets in the
+    parameters' dtype); :mod:`gcref.models` accepts targets of any float dtype.
+    """
+    X = _batch(mlp, params, X)
+    if y is None:
+        raise ValueError("y is required with a loss")
+    dtype = X.dtype
+    get_loss(loss).prepare_targets(y, X.shape[0], mlp.output_dim, dtype)
+    return X, (y if hasattr(y, "shape") else np.asarray(y))
+
+
+def _in_dtype(norms, dtype):
+    """The single-batch functions answer in the parameters' dtype, like every primitive."""
+    return GradNorms(norms.per_parameter.astype(dtype), norms.names, norms.settings)
+
+
+def _whole(X):
+    """A chunk that holds the whole batch: these functions answer for one batch at once."""
+    return max(1, len(X))
+
+
+def _like(vector, params):
+    """A float64 vector as a tuple of ``(W, b)`` pairs of the parameters' shapes and dtype."""
+    dtype = params[0][0].dtype
+    return tuple(
+        (W.astype(dtype), b.astype(dtype)) for W, b in unflatten_params(vector, params)
+    )

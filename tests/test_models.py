@@ -1,6 +1,6 @@
 """gcref.models, the measures on users' own models, tested without any framework.
 
-``NumpyMLPModel`` below is a test-only :class:`~gcref.backends._base.ModelAdapter` over a
+``NumpyMLPModel`` below is a test-only :class:`~gcref.backends.adapter.ModelAdapter` over a
 :class:`gcref.MLP` and its NumPy parameters, built on the analytic ``numpy`` backend. It
 lets every function of :mod:`gcref.models` be compared with the MLP function that
 computes the same quantity (which the rest of the suite checks against finite
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import gcref
 from gcref import models
-from gcref.backends._base import ModelAdapter
+from gcref.backends.adapter import ModelAdapter
 from conftest import require_backend
 from strategies import Problem, problems
 
@@ -50,15 +50,22 @@ class NumpyMLPModel(ModelAdapter):
         vjp = self.backend.input_vjp(self.mlp, self.params, rows, probes.reshape(n * n_probes, k))
         return np.sum(vjp * vjp, axis=1).reshape(n, n_probes)
 
+    def parameter_names(self):
+        return tuple(f"{kind}_{i}" for i in range(1, self.mlp.depth + 1) for kind in "Wb")
+
     def output_grad_sq_norms(self, X):
         w, b = self.backend.param_grad_sq_norms(self.mlp, self.params, self._X(X))
-        return w.sum(axis=1) + b.sum(axis=1)
+        return np.stack([w, b], axis=2).reshape(w.shape[0], -1)
 
     def loss_grad_sq_norms(self, X, targets, loss):
         X = self._X(X)
         per = loss.per_example(self.outputs(X), targets)
         w, b = self.backend.loss_grad_sq_norms(self.mlp, self.params, X, targets, loss)
-        return per, w.sum(axis=1) + b.sum(axis=1)
+        return per, np.stack([w, b], axis=2).reshape(w.shape[0], -1)
+
+    def per_example_penalty_grad_sum(self, X, targets, loss):
+        grads = self.backend.per_example_penalty_grad(self.mlp, self.params, self._X(X), targets, loss)
+        return gcref.flatten_params(grads) / 2
 
     def loss_grad_sum(self, X, targets, loss):
         X = self._X(X)
@@ -432,13 +439,17 @@ def test_malformed_data_is_refused(small):
         models.loss_grad_sq_norms(model, (X[:, 0], y), "squared")
     with pytest.raises(ValueError, match=r"data batch 1: X must have shape"):
         models.geometric_complexity(model, [X[:3], X[3:, 0]])
-    for data in ("abc", b"abc", {"X": X}, 3.0, None):
+    for data in ("abc", b"abc", 3.0, None):
         with pytest.raises(TypeError, match="data must be"):
             models.geometric_complexity(model, data)
+    with pytest.raises(TypeError, match="input_key"):
+        models.geometric_complexity(model, {"X": X})
     with pytest.raises(TypeError, match="data batch 0 must be an array X or a pair"):
         models.geometric_complexity(model, ["abc"])
-    with pytest.raises(TypeError, match="pair"):
-        models.geometric_complexity(model, (X, y, y))
+    # Extra fields after (X, y), as datasets with weights or indices yield, are ignored.
+    assert models.igr_terms(model, (X, y, y), "squared", batch_size=2) == models.igr_terms(
+        model, (X, y), "squared", batch_size=2
+    )
 
 
 def test_hvp_vector_is_checked(small):
@@ -462,10 +473,10 @@ def test_wrap_refuses_what_it_cannot_adapt(small):
     assert models.wrap(model) is model
     with pytest.raises(TypeError, match="params must be left out"):
         models.wrap(model, params=problem.params)
-    with pytest.raises(TypeError, match=r"gcref\.geometric_complexity\(mlp, params"):
+    with pytest.raises(TypeError, match=r"a gcref\.MLP needs params="):
         models.wrap(problem.mlp)
-    with pytest.raises(TypeError, match="gcref.MLP"):
-        models.geometric_complexity(problem.mlp, problem.X, params=problem.params)
+    with pytest.raises(TypeError, match="backend must be left out"):
+        models.wrap(model, backend="numpy")
     with pytest.raises(TypeError, match="needs params"):
         models.wrap(lambda params, x: x)
     with pytest.raises(TypeError, match="needs params"):

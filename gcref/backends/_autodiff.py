@@ -122,3 +122,22 @@ class AutodiffBackend(Backend):
     def loss_hvp(self, mlp, params, X, targets, loss, vector):
         fn = self._mean_loss_offlat_arrays(mlp, X, targets, loss)
         return pairs(self.hvp(fn, flat_arrays(params), flat_arrays(vector)))
+
+    def per_example_penalty_grad(self, mlp, params, X, targets, loss):
+        """The gradient of the per-example norm identity ``sum_n ||g_i||^2 (1 + ||h_i||^2)``."""
+
+        def penalty(*flat):
+            w, b = self.loss_grad_sq_norms(mlp, pairs(flat), X, targets, loss)
+            return self.xp.sum(w) + self.xp.sum(b)
+
+        one = self.asarray(np.ones((), dtype=self._dtype(X)))
+        return pairs(self.vjp(penalty, flat_arrays(params), one))
+
+    def residuals(self, output, targets, loss):
+        """``dl/df`` by differentiating the loss at a zero shift of ``f``, so that the
+        result keeps its dependence on the parameters."""
+        dtype = self._dtype(output)
+        shape = tuple(output.shape)
+        zero = self.asarray(np.zeros(shape, dtype=dtype))
+        ones = self.asarray(np.ones(shape[0], dtype=dtype))
+        return self.vjp(lambda shift: loss.per_example(output + shift, targets), (zero,), ones)[0]

@@ -23,7 +23,7 @@ import numpy as np
 
 @dataclass
 class Forward:
-    """Per-layer values of one forward pass (MATH.md section 1).
+    """Per-layer values of one forward pass (docs/math.md section 1).
 
     Attributes
     ----------
@@ -126,9 +126,17 @@ class Backend:
         """Hessian of the mean loss times ``vector`` (same structure as ``params``)."""
         raise NotImplementedError
 
+    def per_example_penalty_grad(self, mlp, params, X, targets, loss):
+        """``grad_theta sum_n ||grad_theta l_n||^2 = 2 sum_n H_n grad_theta l_n``, as ``[(dW_i, db_i)]``."""
+        raise NotImplementedError
+
+    def residuals(self, output, targets, loss):
+        """``eps = dl/df`` at ``output`` (docs/math.md section 4), differentiable where the backend is."""
+        raise NotImplementedError
+
     # -- derived quantities, written once on the primitives ------------------------
     def mean_loss(self, mlp, params, X, targets, loss):
-        """Mean loss L(theta) (MATH.md section 4)."""
+        """Mean loss L(theta) (docs/math.md section 4)."""
         out = self.forward(mlp, params, X).output
         per = loss.per_example(out, targets)
         return self.sum_rows(per[None, :])[0] / per.shape[0]
@@ -150,111 +158,10 @@ class Backend:
         """Per-example ``||grad_{W_i} l_n||^2`` and ``||grad_{b_i} l_n||^2``, each ``(N, l)``.
 
         ``grad_{W_i} l_n = g_i h_i^T`` with ``g_i = dl_n/dz_i``, so the squared norms are
-        ``||g_i||^2 ||h_i||^2`` and ``||g_i||^2`` (MATH.md sections 1 and 4).
+        ``||g_i||^2 ||h_i||^2`` and ``||g_i||^2`` (docs/math.md sections 1 and 4).
         """
         fwd = self.forward(mlp, params, X)
         gs = self.loss_sensitivities(mlp, params, X, targets, loss)
         bias = [self.sum_rows(g * g) for g in gs]
         weight = [bsq * self.sum_rows(h * h) for bsq, h in zip(bias, fwd.hs[:-1])]
         return self.stack(weight, 1), self.stack(bias, 1)
-
-
-class ModelAdapter:
-    """A user's own model (a ``torch.nn.Module``, a JAX ``apply`` function) as seen by gcref.
-
-    :mod:`gcref.models` writes every measure once on these per-chunk primitives and does
-    the streaming, the float64 accumulation and the reduction across processes itself.
-    Each primitive receives one chunk: ``X`` an array of any kind (NumPy, the
-    framework's own) of shape ``(n, *input_shape)``, ``targets`` a float64 NumPy array
-    ``(n, k)`` from :meth:`gcref.losses.Loss.prepare_targets`. Adapters convert to their
-    own arrays, on the model's device and in the model's dtype.
-
-    Index conventions: ``n`` examples in the chunk, ``k`` outputs, ``d`` input features
-    (the product of ``input_shape``), ``P`` probes, ``p`` parameters; ``J(x) = df/dx`` of
-    shape ``(k, d)``; ``J_theta(x) = df/dtheta`` of shape ``(k, p)``. Parameters are
-    flattened in one fixed order (:meth:`parameter_vector`). "Native vectors" are whatever
-    the adapter adds with ``+`` and converts with :meth:`to_numpy` (a float64 tensor on the
-    model's device in torch; a float64 NumPy array in JAX, whose float64 exists only
-    inside ``jax.enable_x64``).
-
-    Every example must be computed independently of the others in its chunk (a
-    ``BatchNorm`` in training mode couples them): adapters evaluate the model in
-    inference mode.
-    """
-
-    def outputs(self, X):
-        """``f(X)`` as float64 NumPy, shape ``(n, k)``."""
-        raise NotImplementedError
-
-    def output_dim(self, X):
-        """``k``, the number of outputs, for inputs shaped like ``X``.
-
-        The default runs the model on one example; adapters may answer without running it.
-        """
-        return self.outputs(X[:1]).shape[1]
-
-    def jacobian_sq_norms(self, X, mode):
-        """``||J(x_n)||_F^2`` per example, float64 NumPy ``(n,)``.
-
-        ``mode`` is ``"reverse"`` (k input-only vector-Jacobian products sharing one
-        forward pass, no weight gradient) or ``"forward"`` (d Jacobian-vector products).
-        """
-        raise NotImplementedError
-
-    def probe_sq_norms(self, X, probes):
-        """``||v_{n,p}^T J(x_n)||^2``, float64 NumPy ``(n, P)``, for ``probes`` of shape ``(n, P, k)``."""
-        raise NotImplementedError
-
-    def output_grad_sq_norms(self, X):
-        """``||J_theta(x_n)||_F^2 = sum_o ||grad_theta f_o(x_n)||^2``, float64 NumPy ``(n,)``."""
-        raise NotImplementedError
-
-    def loss_grad_sq_norms(self, X, targets, loss):
-        """Per-example losses and ``||grad_theta l_n||^2``: two float64 NumPy arrays ``(n,)``."""
-        raise NotImplementedError
-
-    def loss_grad_sum(self, X, targets, loss):
-        """``(sum_n l_n, sum_n grad_theta l_n)``: a float and a native float64 vector ``(p,)``."""
-        raise NotImplementedError
-
-    def loss_grad_sum_and_sq_norms(self, X, targets, loss):
-        """``(sum_n l_n, sum_n grad_theta l_n, ||grad_theta l_n||^2)``: what the IGR terms need.
-
-        The default calls :meth:`loss_grad_sq_norms` and :meth:`loss_grad_sum`; adapters
-        that can take both from one backward pass override it.
-        """
-        _, sq_norms = self.loss_grad_sq_norms(X, targets, loss)
-        total, grad = self.loss_grad_sum(X, targets, loss)
-        return total, grad, sq_norms
-
-    def loss_hvp_sum(self, X, targets, loss, vector):
-        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native float64 ``(p,)``; ``vector`` native float64 ``(p,)``."""
-        raise NotImplementedError
-
-    def parameter_vector(self):
-        """The parameters, flattened in the adapter's fixed order, float64 NumPy ``(p,)``."""
-        raise NotImplementedError
-
-    def to_native_vector(self, vector):
-        """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device."""
-        raise NotImplementedError
-
-    def to_numpy(self, x):
-        """A native array as NumPy (float64 kept)."""
-        raise NotImplementedError
-
-    def vector_sq_norm(self, vector):
-        """``||v||^2`` of a native vector, as a float (on the host only at the end)."""
-        v = self.to_numpy(vector).astype(np.float64)
-        return float(v @ v)
-
-    def all_reduce_sum(self, x):
-        """Sum ``x`` (float64 NumPy, or a native vector) over cooperating processes.
-
-        The identity unless the framework runs several processes (``torch.distributed``).
-        """
-        return x
-
-    def input_features(self, X):
-        """``d``, the number of input features of one example."""
-        return int(np.prod(X.shape[1:]))

@@ -32,6 +32,7 @@ _COMPILED = (
     "mean_loss",
     "param_grad_sq_norms",
     "loss_grad_sq_norms",
+    "per_example_penalty_grad",
 )
 
 

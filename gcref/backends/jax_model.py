@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gcref.backends._base import ModelAdapter
+from gcref.backends.adapter import ModelAdapter
 
 # -- users' own models ---------------------------------------------------------------------
 
@@ -159,8 +159,6 @@ def _weighted_loss_sum(apply, loss, params, X, targets, weights):
     """``sum_n w_n l_n``: the weights are 0 on padding rows, 1 elsewhere."""
     import jax.numpy as jnp
 
-    from gcref.backends import get_backend
-
     per = loss.per_example(_apply_checked(apply, params, X), targets)
     return jnp.sum(weights * per)
 
@@ -189,6 +187,27 @@ def _loss_hvp_sum_fn(apply, loss):
     return loss_hvp_sum
 
 
+def _penalty_grad_sum_fn(apply, loss):
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    def per_example_penalty_grad_sum(params, X, targets, weights):
+        # Half the gradient of sum_n w_n ||grad l_n||^2: reverse mode over vmap(grad).
+        def penalty(p):
+            def one(xi, ti):
+                grad = jax.grad(
+                    lambda q: loss.per_example(_apply_checked(apply, q, xi[None]), ti[None])[0]
+                )(p)
+                return jnp.sum(_leaf_sq_sums(grad))
+
+            return jnp.sum(weights * jax.vmap(one)(X, targets))
+
+        return ravel_pytree(jax.grad(penalty)(params))[0] / 2
+
+    return per_example_penalty_grad_sum
+
+
 _FACTORIES = {
     "outputs": _outputs_fn,
     "reverse": _jacobian_reverse_fn,
@@ -198,11 +217,12 @@ _FACTORIES = {
     "loss_grad_sq_norms": _loss_grad_norms_fn,
     "loss_grad_sum": _loss_grad_sum_fn,
     "loss_hvp_sum": _loss_hvp_sum_fn,
+    "per_example_penalty_grad_sum": _penalty_grad_sum_fn,
 }
 
 
 #: Primitives that return sums over the chunk (the others return one row per example).
-_SUMMED = ("loss_grad_sum", "loss_hvp_sum")
+_SUMMED = ("loss_grad_sum", "loss_hvp_sum", "per_example_penalty_grad_sum")
 
 
 class JaxModel(ModelAdapter):
@@ -426,6 +446,12 @@ class JaxModel(ModelAdapter):
         with self._backend.scope(self.dtype):
             tangent = self._put_params(self._unflatten(vector))
         out, _ = self._run("loss_hvp_sum", (loss,), X, targets, weights=True, extra=(tangent,))
+        return np.asarray(out, dtype=np.float64)
+
+    def per_example_penalty_grad_sum(self, X, targets, loss):
+        out, _ = self._run(
+            "per_example_penalty_grad_sum", (loss,), X, targets, weights=True
+        )
         return np.asarray(out, dtype=np.float64)
 
     def parameter_names(self):

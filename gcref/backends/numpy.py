@@ -16,7 +16,7 @@ from gcref.backends._base import Backend
 
 
 class NumpyBackend(Backend):
-    """Analytic MLP derivatives in NumPy (MATH.md sections 1 and 4)."""
+    """Analytic MLP derivatives in NumPy (docs/math.md sections 1 and 4)."""
 
     name = "numpy"
     xp = np
@@ -155,3 +155,46 @@ class NumpyBackend(Backend):
                 V, _ = vector[i]
                 u, r_u = g @ W, g @ V + r_g @ W
         return out
+
+    def per_example_penalty_grad(self, mlp, params, X, targets, loss):
+        """Analytic ``2 sum_n H_n v_n`` with the per-example direction ``v_n = grad_theta l_n``.
+
+        Pearlmutter's R-operator (see :meth:`loss_hvp`) with a direction that differs
+        per example: ``V_i = g_i h_i^T`` and ``v_i = g_i`` for example n. The two places where
+        the direction enters become per-example scalars times vectors:
+
+        - forward:  ``V_i h_i + v_i = g_i (1 + ||h_i||^2)``, so
+          ``R{z_i} = g_i (1 + ||h_i||^2) + W_i R{h_i}``, ``R{h_{i+1}} = a_i' R{z_i}``;
+        - backward: ``V_i^T g_i = h_i ||g_i||^2``, so
+          ``R{u_{i-1}} = h_i ||g_i||^2 + W_i^T R{g_i}``, with ``R{u_l} = (d^2 l/df^2) R{f}`` and
+          ``R{g_i} = R{u_i} a_i' + u_i a_i'' R{z_i}``.
+
+        Each example's result ``H_n v_n`` is ``(R{g_i} h_i^T + g_i R{h_i}^T, R{g_i})``; the sum
+        over examples is a matrix product over the batch axis.
+        """
+        fwd = self.forward(mlp, params, X)
+        gs = self.loss_sensitivities(mlp, params, X, targets, loss)
+        r_hs = [np.zeros_like(X)]
+        r_zs = []
+        for i, (W, _) in enumerate(params):
+            h_sq = np.sum(fwd.hs[i] ** 2, axis=1, keepdims=True)
+            r_z = gs[i] * (1.0 + h_sq) + r_hs[i] @ W.T
+            r_zs.append(r_z)
+            r_hs.append(mlp.layer_activation(i).d1(fwd.zs[i]) * r_z)
+
+        u = loss.residual(fwd.output, targets)
+        r_u = loss.hessian_vector(fwd.output, targets, r_hs[-1])
+        out = [None] * mlp.depth
+        for i in range(mlp.depth - 1, -1, -1):
+            act = mlp.layer_activation(i)
+            g = gs[i]
+            r_g = r_u * act.d1(fwd.zs[i]) + u * act.d2(fwd.zs[i]) * r_zs[i]
+            out[i] = (2.0 * (r_g.T @ fwd.hs[i] + g.T @ r_hs[i]), 2.0 * r_g.sum(axis=0))
+            if i > 0:
+                W = params[i][0]
+                g_sq = np.sum(g * g, axis=1, keepdims=True)
+                u, r_u = g @ W, fwd.hs[i] * g_sq + r_g @ W
+        return out
+
+    def residuals(self, output, targets, loss):
+        return loss.residual(output, targets)

@@ -10,7 +10,7 @@ import contextlib
 
 import numpy as np
 
-from gcref.backends._base import ModelAdapter
+from gcref.backends.adapter import ModelAdapter
 from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
 
 

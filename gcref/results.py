@@ -1,0 +1,212 @@
+"""What the measures return: plain frozen records that serialise to JSON.
+
+Every result has ``to_dict()``, whose output ``json.dumps`` accepts (arrays become lists,
+non-finite floats become ``None``), and ``settings``: the arguments that produced it
+(chunk size, probes, loss, ...), filled in by the measure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from gcref._checks import check_finite_scalar
+
+__all__ = ["Complexity", "ComplexityEstimate", "GradNorms", "IGRTerms", "jsonable"]
+
+
+def jsonable(value):
+    """``value`` with arrays as lists and NaN / infinities as ``None``, for ``json.dumps``."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+class _Record:
+    """``to_dict`` over the dataclass fields."""
+
+    def to_dict(self):
+        """The fields as JSON-serialisable values (see :func:`jsonable`)."""
+        out = {"type": type(self).__name__}
+        out.update({f.name: jsonable(getattr(self, f.name)) for f in fields(self)})
+        return out
+
+
+@dataclass(frozen=True)
+class Complexity(_Record):
+    """A data-set average together with the per-example values it averages.
+
+    Attributes
+    ----------
+    value : float
+        The mean over the data set.
+    per_example : ndarray, shape (N,)
+        The per-example values, float64, in the order the data were given (this
+        process's examples under ``torch.distributed``).
+    settings : dict
+        The arguments of the measure.
+    """
+
+    value: float
+    per_example: np.ndarray
+    settings: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ComplexityEstimate(_Record):
+    """An unbiased probe estimate of the geometric complexity.
+
+    Attributes
+    ----------
+    value : float
+        The estimate of ``GC(f, D)``.
+    stderr : float
+        Its standard error over the probes, the data being fixed; ``nan`` when
+        ``n_probes == 1`` (one probe per example carries no information about the
+        probe variance).
+    n_probes : int
+        Probes per example.
+    n_examples : int
+        ``|D|``.
+    settings : dict
+    """
+
+    value: float
+    stderr: float
+    n_probes: int
+    n_examples: int
+    settings: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class GradNorms(_Record):
+    """Per-example squared gradient norms, one column per parameter tensor.
+
+    ``numpy.asarray(norms)`` is ``norms.total``, so a ``GradNorms`` can stand where an
+    ``(N,)`` array of totals is expected.
+
+    Attributes
+    ----------
+    per_parameter : ndarray, shape (N, T)
+        ``||grad_p||^2`` for each of the T parameter tensors ``p`` of theta, float64.
+    names : tuple of str, length T
+        The tensors' names: ``W_1, b_1, ..., W_l, b_l`` for a :class:`gcref.MLP`, the
+        parameter names of a torch module, the key paths of a JAX pytree.
+    settings : dict
+    """
+
+    per_parameter: np.ndarray
+    names: tuple
+    settings: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.per_parameter.ndim != 2 or self.per_parameter.shape[1] != len(self.names):
+            raise ValueError(
+                f"per_parameter must have shape (N, {len(self.names)}), one column per name; "
+                f"got {self.per_parameter.shape}"
+            )
+
+    def __array__(self, dtype=None, copy=None):
+        total = self.total
+        return total if dtype is None else total.astype(dtype)
+
+    def __len__(self):
+        return self.per_parameter.shape[0]
+
+    @property
+    def total(self):
+        """``||grad_theta||^2`` per example, shape (N,)."""
+        return self.per_parameter.sum(axis=1)
+
+    def _mlp_columns(self, prefix):
+        cols = [j for j, name in enumerate(self.names) if name.startswith(prefix)]
+        if 2 * len(cols) != len(self.names):
+            raise ValueError(
+                "weights and biases are defined for the parameters of a gcref.MLP "
+                "(W_1, b_1, ...); use per_parameter and names for this model"
+            )
+        return self.per_parameter[:, cols]
+
+    @property
+    def weights(self):
+        """``||grad_{W_i}||_F^2`` per example and layer, shape (N, l) (gcref.MLP only)."""
+        return self._mlp_columns("W_")
+
+    @property
+    def biases(self):
+        """``||grad_{b_i}||^2`` per example and layer, shape (N, l) (gcref.MLP only)."""
+        return self._mlp_columns("b_")
+
+    @property
+    def per_layer(self):
+        """``||grad_{(W_i, b_i)}||^2``, shape (N, l) (gcref.MLP only)."""
+        return self.weights + self.biases
+
+    @classmethod
+    def from_layers(cls, weights, biases, settings=None):
+        """From an MLP's ``(N, l)`` weight and bias columns."""
+        weights, biases = np.asarray(weights), np.asarray(biases)
+        n, depth = weights.shape
+        per = np.empty((n, 2 * depth), dtype=np.result_type(weights, biases))
+        per[:, 0::2], per[:, 1::2] = weights, biases
+        names = tuple(f"{kind}_{i}" for i in range(1, depth + 1) for kind in ("W", "b"))
+        return cls(per, names, dict(settings or {}))
+
+
+@dataclass(frozen=True)
+class IGRTerms(_Record):
+    """The loss and the three implicit-regularisation terms over a data set (docs/math.md section 5).
+
+    Attributes
+    ----------
+    loss : float
+        ``L = (1/N) sum_n l_n``.
+    full_batch : float
+        ``||grad L||^2``, the term of full-batch gradient descent.
+    mini_batch : float
+        ``(1/m) sum_j ||grad L_{B_j}||^2`` over the m mini-batches, the term of one SGD epoch.
+    per_example : float
+        ``(1/N) sum_n ||grad_theta l_n||^2``, the term of batch size 1 (seed 000, eq. 6).
+    n_examples : int
+        ``N``.
+    n_batches : int
+        ``m``.
+    settings : dict
+    """
+
+    loss: float
+    full_batch: float
+    mini_batch: float
+    per_example: float
+    n_examples: int
+    n_batches: int
+    settings: dict = field(default_factory=dict, compare=False)
+
+    def modified_loss_gd(self, h):
+        """``L~_GD = L + (h/4) ||grad L||^2`` for step size ``h``."""
+        h = check_finite_scalar(h, "h", nonnegative=True)
+        return self.loss + h / 4 * self.full_batch
+
+    def modified_loss_sgd(self, h):
+        """``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` (equal-sized mini-batches)."""
+        h = check_finite_scalar(h, "h", nonnegative=True)
+        return self.loss + h / 4 * self.mini_batch
+
+    def modified_loss_per_example(self, h):
+        """``L + h/(4N) sum_n ||grad_theta l_n||^2`` (seed 000, eq. 6)."""
+        h = check_finite_scalar(h, "h", nonnegative=True)
+        return self.loss + h / 4 * self.per_example
