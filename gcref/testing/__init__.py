@@ -24,11 +24,42 @@ from gcref.testing.derivatives import (
 )
 
 __all__ = [
-    "DerivativeCheckError",
     "DerivativeCheck",
+    "DerivativeCheckError",
     "central_difference",
     "check_jvp",
     "check_vjp",
     "default_rtol",
     "default_step",
 ]
+
+_CONFORMANCE = (
+    "Conformance",
+    "ConformanceError",
+    "check_dirichlet_energy",
+    "check_gc_estimate",
+    "check_geometric_complexity",
+    "check_input_jacobian",
+    "check_loss_grad",
+    "check_loss_grad_sq_norms",
+    "check_loss_hvp",
+    "check_modified_loss_gd",
+    "check_modified_loss_per_example",
+    "check_modified_loss_sgd",
+    "check_param_grad_sq_norms",
+    "check_path_norm",
+    "check_transfer_ratio",
+)
+
+
+def __getattr__(name):
+    # The conformance checks import Hypothesis: load them on first use only.
+    if name in _CONFORMANCE:
+        from gcref.testing import conformance
+
+        return getattr(conformance, name)
+    raise AttributeError(f"module 'gcref.testing' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_CONFORMANCE])
