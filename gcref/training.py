@@ -19,8 +19,9 @@ Penalties
   autodiff backends only.
 
 The ``numpy`` loop is the reference: it differentiates every penalty but GC by hand
-(analytic gradients and Hessian-vector products). The autodiff backends differentiate
-the IGR penalty by the same Hessian-vector product and the others by reverse mode.
+(analytic gradients and Hessian-vector products). The autodiff backends take the same
+gradients where they are written on the primitives (L2, spectral, the Hessian-vector
+product of IGR) and reverse mode through ``value`` otherwise (per-example IGR, GC).
 
 Backends
 --------
@@ -34,8 +35,8 @@ Backends
   :meth:`gcref.backends.torch.TorchBackend.functional` (derivatives by ``torch.func``
   transforms, which TorchDynamo traces; ``torch.autograd.grad`` breaks the graph),
   differentiates it with ``torch.func.grad`` and compiles the whole update with
-  ``torch.compile(fullgraph=True)``. Compilation takes 10-50 s on a CPU and then saves
-  two thirds or more of each step on small MLPs (measured on this project's 2-core
+  ``torch.compile(fullgraph=True)``. Compilation takes 5-30 s on a CPU and then saves
+  70-80% of each step on small MLPs (measured on this project's shared 2-core
   machine), so ``compiled=None`` (the default) compiles runs of at least
   :data:`TORCH_COMPILE_MIN_STEPS` steps. A penalty of your own is compiled only if its
   class body sets ``compilable = True`` (see :class:`Penalty`); otherwise the step runs
