@@ -35,8 +35,8 @@ import numpy as np
 from gcref._checks import check_finite_scalar, check_positive_int, check_rng
 
 __all__ = [
-    "DerivativeCheckError",
     "DerivativeCheck",
+    "DerivativeCheckError",
     "central_difference",
     "check_jvp",
     "check_vjp",
