@@ -94,10 +94,10 @@ from gcref.primitives import Call
 from gcref.results import jsonable
 
 __all__ = [
+    "METRICS",
     "GCPenalty",
     "IGRPenalty",
     "L2Penalty",
-    "METRICS",
     "Penalty",
     "PerExampleIGRPenalty",
     "SpectralPenalty",

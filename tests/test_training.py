@@ -130,8 +130,8 @@ def test_explicit_igr_penalty_steps_on_the_modified_loss():
 @pytest.mark.parametrize("batch_size", [None, 4])
 def test_backends_follow_the_numpy_loop_step_by_step(autodiff_backend, batch_size):
     mlp, params, X, y = _problem(loss="logistic")
-    kwargs = dict(steps=4, lr=0.2, batch_size=batch_size, penalties=ANALYTIC_PENALTIES,
-                  record_every=1, metrics=("loss", "layer_norms"))
+    kwargs = {"steps": 4, "lr": 0.2, "batch_size": batch_size, "penalties": ANALYTIC_PENALTIES,
+              "record_every": 1, "metrics": ("loss", "layer_norms")}
     reference = train(mlp, params, X, y, "logistic", rng=np.random.default_rng(3), **kwargs)
     result = train(mlp, params, X, y, "logistic", rng=np.random.default_rng(3),
                    backend=autodiff_backend, **kwargs)
@@ -146,7 +146,7 @@ def test_gc_penalty_is_autodiff_only_and_the_autodiff_backends_agree(autodiff_ba
     mlp, params, X, y = _problem()
     with pytest.raises(ValueError, match="GCPenalty"):
         train(mlp, params, X, y, "squared", steps=1, lr=0.1, penalties=[GCPenalty(0.1)])
-    kwargs = dict(steps=3, lr=0.1, penalties=[GCPenalty(0.1), L2Penalty(0.01)])
+    kwargs = {"steps": 3, "lr": 0.1, "penalties": [GCPenalty(0.1), L2Penalty(0.01)]}
     reference = train(mlp, params, X, y, "squared", backend="autograd", **kwargs)
     result = train(mlp, params, X, y, "squared", backend=autodiff_backend, **kwargs)
     np.testing.assert_allclose(_flat(result.params), _flat(reference.params), rtol=1e-10, atol=1e-12)

@@ -9,7 +9,6 @@ be differentiated with respect to parameters that require gradients; wrap a call
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from gcref.backends._autodiff import AutodiffBackend
