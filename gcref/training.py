@@ -684,8 +684,8 @@ def train(mlp, params, X, y, loss, *, steps, lr=None, optimizer=None, batch_size
             stop(step, "the loss on the whole data set", step, current)
 
     current = c.params
-    record(0, current)
     with c, Progress("train", progress, total=steps, unit="steps") as bar:
+        record(0, current)
         step_fn = _step_function(c.backend, mlp, c.loss, penalties, lr, compiled)
         xp = c.backend.xp
         flat = _flat(c.nparams)
