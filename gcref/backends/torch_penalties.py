@@ -33,7 +33,7 @@ Under ``DistributedDataParallel``
 With a ``torch.nn.parallel.DistributedDataParallel`` module (and ``torch.distributed``
 initialised) each process passes its own shard of the batch; the penalty is the value
 of the union of the shards on every process, through differentiable all-reductions
-(``torch.distributed.nn.functional.all_reduce``), so that after DDP averages the
+(an all-reduce whose backward all-reduces the cotangents), so that after DDP averages the
 gradients every process holds the gradient that one process would compute on the
 whole batch, for shards of any sizes.
 
@@ -404,7 +404,32 @@ def _distributed(module):
 
 
 def _all_reduce(t):
-    """Differentiable all-reduce sum (its backward all-reduces the cotangents)."""
-    import torch.distributed.nn.functional as dist_fn
+    """All-reduce sum across processes, differentiable: its backward all-reduces the cotangents.
 
-    return dist_fn.all_reduce(t)
+    ``d/dx_r sum_s P_s(sum_q x_q) = sum_s dP_s/dy``: each process's cotangent of the sum
+    is the sum of every process's cotangent (``torch.distributed.nn.functional.all_reduce``
+    does the same and is deprecated).
+    """
+    return _all_reduce_function().apply(t)
+
+
+_ALL_REDUCE = []
+
+
+def _all_reduce_function():
+    if not _ALL_REDUCE:
+        import torch
+
+        class AllReduceSum(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, tensor):
+                out = tensor.clone(memory_format=torch.contiguous_format)
+                torch.distributed.all_reduce(out)
+                return out
+
+            @staticmethod
+            def backward(ctx, grad):
+                return AllReduceSum.apply(grad)
+
+        _ALL_REDUCE.append(AllReduceSum)
+    return _ALL_REDUCE[0]
