@@ -263,10 +263,11 @@ def _proportionality(value, reference, rtol):
 
 
 def _deviation(value, reference, rtol, atol):
+    """Largest |value - reference| over ``max(|reference|_inf, atol / rtol)``, its index and that scale."""
     scale = max(float(np.max(np.abs(reference))) if reference.size else 0.0, atol / rtol)
     diff = np.abs(value - reference)
     j = int(np.argmax(diff)) if diff.size else 0
-    return (float(diff.ravel()[j]) / scale if diff.size else 0.0), j
+    return (float(diff.ravel()[j]) / scale if diff.size else 0.0), j, scale
 
 
 class _Checker:
@@ -317,7 +318,7 @@ class _Checker:
                 f"{self.quantity}: the function returned non-finite values (NaN or inf) where "
                 f"the reference is finite{where}"
             )
-        deviation, j = _deviation(value, reference, self.rtol, self.atol)
+        deviation, j, scale = _deviation(value, reference, self.rtol, self.atol)
         self.n_examples += 1
         if deviation <= self.rtol:
             self.largest = max(self.largest, deviation)
@@ -327,7 +328,7 @@ class _Checker:
         message = (
             f"{self.quantity}: largest deviation {abs(got - expected):.6g}{entry} "
             f"(got {got:.10g}, reference {expected:.10g}), {deviation:.3g} relative to the "
-            f"reference's scale; tolerance rtol={self.rtol:g}"
+            f"reference's scale {scale:.3g}; tolerance rtol={self.rtol:g}"
         )
         message += self._diagnosis(value, reference, problem, alternatives, factors)
         raise ConformanceError(message + where)
