@@ -115,3 +115,8 @@ def test_minibatch_partitions_are_equal_sized_partitions(n, min_size, data):
 def test_bad_dtype_is_refused():
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         gst.make_problem((1, 1), "relu", 2, seed=0, dtype=np.int32)
+
+
+def test_fixed_shape_loss_problems_refuse_architectures_that_do_not_suit_the_loss():
+    with pytest.raises(ValueError, match="architectures has no entry .* 'logistic' loss needs"):
+        gst.loss_problems("logistic", fixed_shapes=True, architectures=((2, 3),))

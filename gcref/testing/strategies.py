@@ -370,9 +370,14 @@ def loss_problems(loss, *, fixed_shapes=False, **kwargs):
     name = gcref.get_loss(loss).name
     lo, hi = LOSS_OUTPUTS[name]
     if fixed_shapes:
-        archs = [s for s in kwargs.pop("architectures", REPRESENTATIVE_SIZES)
-                 if s[-1] >= lo and (hi is None or s[-1] <= hi)]
-        return fixed_shape_problems(tuple(archs), **kwargs)
+        given = tuple(kwargs.pop("architectures", REPRESENTATIVE_SIZES))
+        archs = tuple(s for s in given if s[-1] >= lo and (hi is None or s[-1] <= hi))
+        if not archs:
+            raise ValueError(
+                f"architectures has no entry with the outputs the {name!r} loss needs "
+                f"(k >= {lo}{'' if hi is None else f' and k <= {hi}'}); got {given}"
+            )
+        return fixed_shape_problems(archs, **kwargs)
     max_outputs = kwargs.pop("max_outputs", 4)
     return problems(min_outputs=lo, max_outputs=max_outputs if hi is None else min(hi, max_outputs), **kwargs)
 
