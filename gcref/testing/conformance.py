@@ -33,7 +33,8 @@ shaped values (the loss gradient, the HVP's vector and result) are nested tuples
 torch, the order of ``module.parameters()``). Results may be arrays of any of the three
 frameworks or Python floats.
 
-Every check also takes ``settings`` (a ``hypothesis.settings``; by default 25 examples,
+Call a check from a plain test or script, not from inside a Hypothesis ``@given``
+test (it runs its own). Every check also takes ``settings`` (a ``hypothesis.settings``; by default 25 examples,
 no deadline, no example database), ``activations`` (the activation names drawn),
 ``architectures`` (layer sizes to draw from) and ``rtol``/``atol`` (by default
 :func:`gcref.tolerance` of float64), and returns a :class:`Conformance` summary when
@@ -301,8 +302,7 @@ class _Checker:
                 f"  problem: {problem.describe()}{setting}"
             ) from error
 
-    def compare(self, value, reference, problem, *, setting="", alternatives=(), factors=None,
-                shape_matters=True):
+    def compare(self, value, reference, problem, *, setting="", alternatives=(), shape_matters=True):
         """Raise ConformanceError unless ``value`` matches ``reference``."""
         reference = np.asarray(reference, dtype=np.float64)
         value = np.asarray(value, dtype=np.float64)
@@ -330,10 +330,11 @@ class _Checker:
             f"(got {got:.10g}, reference {expected:.10g}), {deviation:.3g} relative to the "
             f"reference's scale {scale:.3g}; tolerance rtol={self.rtol:g}"
         )
-        message += self._diagnosis(value, reference, problem, alternatives, factors)
+        message += self._diagnosis(value, reference, problem, alternatives)
         raise ConformanceError(message + where)
 
-    def _diagnosis(self, value, reference, problem, alternatives, factors):
+    def _diagnosis(self, value, reference, problem, alternatives):
+        """What the value matches: a known mistake, else a factor times the reference."""
         for label, alternative in alternatives:
             alternative = np.asarray(alternative, dtype=np.float64).reshape(reference.shape)
             if _deviation(value, alternative, self.rtol, self.atol)[0] <= self.rtol:
@@ -341,7 +342,7 @@ class _Checker:
         c = _proportionality(value, reference, self.rtol)
         if c is None:
             return ""
-        names = _factor_names(problem, factors)
+        names = _factor_names(problem)
         for factor, name in names.items():
             if abs(c - factor) <= 1e-6 * abs(factor):
                 return f".\n  The value is {name} times the reference"
