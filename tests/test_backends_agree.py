@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import gcref
 from gcref.tolerances import relative_deviation, tolerance
-from strategies import PARAMETER_SCALES, Problem, problems
+from gcref.testing.strategies import PARAMETER_SCALES, Problem, problems
 
 RTOL = tolerance(np.float64)[0]
 

@@ -22,7 +22,7 @@ from gcref.complexity import (
 )
 from gcref.testing import check_vjp
 from gcref.tolerances import tolerance
-from strategies import (
+from gcref.testing.strategies import (
     activations,
     assume_unsaturated,
     PARAMETER_SCALES,

@@ -25,7 +25,7 @@ from gcref.geometry import (
     polyline_length,
     sample_in_hull,
 )
-from strategies import PARAMETER_SCALES, mlps
+from gcref.testing.strategies import PARAMETER_SCALES, mlps
 
 PIECEWISE_LINEAR = ("relu", "leaky_relu", "identity")
 SMOOTH = ("tanh", "sigmoid", "softplus")

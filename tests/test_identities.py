@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import gcref
 from gcref.tolerances import relative_deviation, tolerance
-from strategies import problems
+from gcref.testing.strategies import problems
 
 RTOL = tolerance(np.float64)[0]
 LOSS_OUTPUTS = {"squared": (1, 4), "logistic": (1, 1), "softmax_cross_entropy": (2, 4)}

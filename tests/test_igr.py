@@ -16,7 +16,7 @@ import gcref
 from gcref import igr
 from gcref.testing import check_vjp
 from gcref.tolerances import tolerance
-from tests.strategies import problems
+from gcref.testing.strategies import problems
 
 SMOOTH_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softplus")
 LOSSES = ("squared", "logistic", "softmax_cross_entropy")

@@ -19,7 +19,7 @@ import gcref
 from gcref import models
 from gcref.backends.adapter import ModelAdapter
 from conftest import require_backend
-from strategies import Problem, problems
+from gcref.testing.strategies import Problem, problems
 
 RTOL = 1e-10
 CHUNK_SIZES = (1, 2, 3, 256)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import assume_unsaturated, problems
+from gcref.testing.strategies import assume_unsaturated, problems
 
 import gcref
 import gcref.models as gm

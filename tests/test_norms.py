@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import fixed_shape_problems, problems
+from gcref.testing.strategies import fixed_shape_problems, problems
 
 import gcref
 from gcref.norms import (

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import problems
+from gcref.testing.strategies import problems
 from test_norms import edge_weight, enumerate_paths
 
 import gcref

@@ -28,7 +28,7 @@ from gcref.training import (
     train,
 )
 from tests.conftest import require_backend
-from tests.strategies import problems
+from gcref.testing.strategies import problems
 
 ANALYTIC_PENALTIES = (L2Penalty(0.03), SpectralPenalty(0.05), IGRPenalty(0.2),
                       PerExampleIGRPenalty(0.2))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import gcref
 from gcref.tolerances import tolerance
 from gcref.transfer import TransferTerms, spectral_norms, transfer_ratio, transfer_terms
-from strategies import (
+from gcref.testing.strategies import (
     ACTIVATION_NAMES,
     activations,
     assume_unsaturated,
