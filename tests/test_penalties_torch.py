@@ -391,6 +391,41 @@ def test_float32_module_gives_a_float32_penalty_close_to_float64():
         assert_close(float(value.detach()), want, *gcref.tolerance(np.float32)), name
 
 
+# -- torch.compile --------------------------------------------------------------------------
+
+
+def test_a_compiled_step_runs_the_penalties_eagerly_with_the_eager_gradients():
+    """Inside a compiled function the penalties run as eager islands: same values and gradients."""
+    net, shape = mlp()
+    x = torch.as_tensor(np.random.default_rng(21).normal(size=shape))
+    y = torch.as_tensor(np.random.default_rng(22).integers(0, 2, size=N))
+
+    def objective(x, y):
+        gc, f = penalties.geometric_complexity(net, x, return_output=True)
+        return (
+            torch.nn.functional.cross_entropy(f, y)
+            + gc
+            + penalties.estimate_geometric_complexity(net, x, np.random.default_rng(23), n_probes=2)
+            + penalties.igr_full_batch(net, x, y, LOSS)
+            + penalties.igr_per_example(net, x, y, LOSS)
+        )
+
+    grads = []
+    for fn in (objective, torch.compile(objective)):
+        net.zero_grad()
+        value = fn(x, y)
+        value.backward()
+        grads.append(np.concatenate([[float(value.detach())]] + [p.grad.numpy().ravel() for p in net.parameters()]))
+    assert_close(grads[1], grads[0])
+
+
+def test_a_compiled_module_is_refused_with_the_reason():
+    net, shape = mlp()
+    x = torch.as_tensor(np.random.default_rng(24).normal(size=shape))
+    with pytest.raises(RuntimeError, match="double backward"):
+        penalties.geometric_complexity(torch.compile(net), x)
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ Index conventions: ``n`` examples, ``k`` outputs (the module's output flattened 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from gcref._checks import check_positive_int, check_rng
 from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
@@ -56,6 +57,7 @@ EXAMPLES = ("auto", "independent", "coupled")
 # -- the penalties -------------------------------------------------------------------------
 
 
+@torch.compiler.disable
 def geometric_complexity(module, x, *, examples="auto", return_output=False):
     """Exact ``GC(f, B) = (1/n) sum_n ||J(x_n)||_F^2`` of the batch, with its graph.
 
@@ -97,6 +99,7 @@ def geometric_complexity(module, x, *, examples="auto", return_output=False):
     return _finish(module, total, n, f, return_output)
 
 
+@torch.compiler.disable
 def estimate_geometric_complexity(
     module, x, rng, *, n_probes=1, probe="gaussian", examples="auto", return_output=False
 ):
@@ -153,6 +156,7 @@ def estimate_geometric_complexity(
     return _finish(module, total * (scale / n_probes), n, f, return_output)
 
 
+@torch.compiler.disable
 def igr_full_batch(module, x, y, loss, *, return_output=False):
     """``||grad_theta L_B||^2`` with ``L_B = (1/n) sum_n l_n`` the batch's MEAN loss, with its graph.
 
@@ -196,6 +200,7 @@ def igr_full_batch(module, x, y, loss, *, return_output=False):
     return (penalty, f) if return_output else penalty
 
 
+@torch.compiler.disable
 def igr_per_example(module, x, y, loss, *, examples="auto", norm_method="auto", return_output=False):
     """``(1/n) sum_n ||grad_theta l_n||^2`` over the batch, with its graph.
 
@@ -322,9 +327,31 @@ def _start(module, x, examples):
         raise ValueError(f"x must hold at least one example, shape (n, *input_shape); got {tuple(x.shape)}")
     if examples not in EXAMPLES:
         raise ValueError(f"unknown examples {examples!r}; expected one of {EXAMPLES}")
+    _refuse_compiled(torch, module)
     if examples == "auto":
         examples = "coupled" if uses_batch_statistics(module) else "independent"
     return torch, x, examples
+
+
+def _refuse_compiled(torch, module):
+    """A clear error under ``torch.compile``, which cannot differentiate its graphs twice.
+
+    Measured with torch 2.13: a compiled module, or a compiled function calling a
+    penalty, fails at ``backward()`` with "torch.compile with aot_autograd does not
+    currently support double backward", and the recorded forward pass of the per-example
+    penalty inside a compiled function returned 0 instead of the penalty.
+    """
+    compiled = torch.compiler.is_compiling() or any(
+        hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None
+        for m in module.modules()
+    )
+    if compiled:
+        raise RuntimeError(
+            "gcref.penalties cannot run under torch.compile: each penalty differentiates the "
+            "forward pass twice (create_graph), and torch.compile's aot_autograd does not "
+            "support double backward. Call the penalty outside compiled code, on the "
+            "uncompiled module"
+        )
 
 
 def uses_batch_statistics(module):
