@@ -10,20 +10,21 @@ measures the average of two slopes, not the derivative at x, so it is wrong by O
 however small the step. Such examples are rejected: every point at which the checker
 evaluates the network records which side of each kink every pre-activation lies on, and
 the example counts only when all those points agree with the base point (``assume``).
-The step is ~1e-5, so this rejects only examples within a few steps of a kink.
+The step is ~1e-5 (times max(1, max |x|)), so this rejects only examples within a few
+steps of a kink.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gcref
 from gcref.params import params_map
-from gcref.testing import central_difference, check_jvp, check_vjp, default_rtol
+from gcref.testing import central_difference, check_jvp, check_vjp, default_rtol, default_step
 from gcref.testing.strategies import activations, problems
 
 LOSS_OUTPUTS = {"squared": (1, 4), "logistic": (1, 1), "softmax_cross_entropy": (2, 4)}
@@ -152,11 +153,18 @@ def test_loss_hvp_matches_finite_differences_of_the_gradient(loss, data):
 
 
 def points_off_kinks(x, kinks):
-    """Move points within 1e-3 of a kink to 1e-3 beyond it (the step is ~1e-5)."""
+    """Move points within reach of the checker from a kink to beyond that reach.
+
+    The checker evaluates at ``x +- t v`` and ``x +- 2 t v`` with ``t = default_step(x)``
+    (which grows with ``max |x|``: 1.8e-4 at |x| = 30) and standard normal ``v``, so a
+    point ``20 t`` from a kink stays on its side unless ``|v_i| > 10``. A fixed margin of
+    1e-3 was crossed at ``x = [0, 25, 0]`` (thorough profile).
+    """
     x = np.array(x, dtype=np.float64)
+    margin = 20 * default_step(x)
     for kink in kinks:
-        near = np.abs(x - kink) < 1e-3
-        x[near] = kink + 1e-3
+        near = np.abs(x - kink) < margin
+        x[near] = kink + margin
     return x
 
 
@@ -165,6 +173,7 @@ def points_off_kinks(x, kinks):
     x=hnp.arrays(np.float64, st.integers(1, 8), elements=st.floats(-30.0, 30.0)),
     seed=st.integers(0, 2**32 - 1),
 )
+@example(activation="relu", x=np.array([0.0, 25.0, 0.0]), seed=3)  # crossed a fixed 1e-3 margin
 def test_activation_derivatives_match_finite_differences(activation, x, seed):
     act = gcref.get_activation(activation)
     x = points_off_kinks(x, act.kinks)
