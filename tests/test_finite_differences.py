@@ -24,7 +24,13 @@ from hypothesis.extra import numpy as hnp
 
 import gcref
 from gcref.params import params_map
-from gcref.testing import central_difference, check_jvp, check_vjp, default_rtol, default_step
+from gcref.testing import (
+    central_difference,
+    check_jvp,
+    check_vjp,
+    default_rtol,
+    default_step,
+)
 from gcref.testing.strategies import activations, problems
 
 LOSS_OUTPUTS = {"squared": (1, 4), "logistic": (1, 1), "softmax_cross_entropy": (2, 4)}
