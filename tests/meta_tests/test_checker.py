@@ -14,7 +14,14 @@ import pytest
 
 import gcref
 from gcref.params import params_map
-from gcref.testing import DerivativeCheckError, check_jvp, check_vjp
+from gcref.testing import (
+    DerivativeCheckError,
+    central_difference,
+    check_jvp,
+    check_vjp,
+    default_rtol,
+    default_step,
+)
 
 PLANTED = 1.001
 SMOOTH_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "identity")
@@ -113,3 +120,23 @@ def test_transposed_jacobian_fails():
 def test_checker_rejects_a_non_generator_rng():
     with pytest.raises(TypeError, match="rng"):
         check_vjp(np.sin, np.ones(2), np.cos, rng=0)
+
+
+def test_a_large_third_derivative_is_extrapolated_away_and_a_planted_error_still_fails():
+    """F(x) = exp(c x) at 0: a single central difference errs by (c t)^2 / 6 ~ 1e-5 > rtol.
+
+    The checker's Richardson extrapolation leaves (c t)^4 / 120 ~ 3e-11, so the correct
+    derivative passes and one 0.1% off still fails (issue 16 item 1).
+    """
+    x = np.zeros(3)
+    t = default_step(x)
+    c = np.sqrt(6e-5) / t
+
+    def fn(z):
+        return np.exp(c * z)
+
+    one_step = central_difference(fn, x, np.ones(3))
+    assert np.max(np.abs(one_step - c)) / c > 10 * default_rtol(np.float64)
+    assert check_jvp(fn, x, lambda v: c * v, np.random.default_rng(10)).passed
+    assert not check_jvp(fn, x, lambda v: PLANTED * c * v, np.random.default_rng(10),
+                         raise_on_failure=False).passed
