@@ -14,9 +14,18 @@ hull of the inputs)
 are estimated by Monte Carlo with points drawn uniformly in the hull. For d = 1 both are
 computed on the interval [min x_n, max x_n] by the deterministic one-input methods.
 
+The hull is exact (Qhull), and its size is what costs: N points in d dimensions can have
+up to about N^(d/2) facets (the upper bound theorem), and random data comes close to it
+once N is a few times d (N = 64 points in d = 10: 2 * 10^5 facets, seconds; d = 16: far
+more). The hull is therefore built point by point and abandoned with a ``ValueError`` as
+soon as it has more than ``max_facets`` facets (default :data:`MAX_FACETS`), so that time and
+memory stay proportional to ``max_facets``. For data in many dimensions the data-sampled
+quantities (:func:`gcref.geometric_complexity`, :func:`gcref.dirichlet_energy`) cost one
+Jacobian per example whatever d is.
+
 Network values and Jacobians come from :func:`gcref.forward` and :func:`gcref.input_jacobian`
-with the chosen backend, so every function works in every backend. SciPy (convex hull,
-Delaunay triangulation) is imported only by the functions that need it.
+with the chosen backend, so every function works in every backend. SciPy (convex hulls) is
+imported only by the functions that need it.
 
 Index conventions: ``N`` data points, ``d`` inputs, ``k`` outputs; ``X`` has shape (N, d).
 """
@@ -40,6 +49,7 @@ from gcref.primitives import forward, input_jacobian
 from gcref.tolerances import tolerance
 
 __all__ = [
+    "MAX_FACETS",
     "ArcLength",
     "GraphVolume",
     "arc_length",
@@ -51,6 +61,10 @@ __all__ = [
 
 ARC_LENGTH_METHODS = ("auto", "exact", "adaptive")
 GRAPH_VOLUME_METHODS = ("auto", "monte_carlo")
+
+#: Default facet budget of the convex hulls: 50,000 facets take a second or two in ten
+#: dimensions (less in fewer) and tens of megabytes.
+MAX_FACETS = 50_000
 
 # Gauss-Kronrod G7-K15 on [-1, 1] (the QUADPACK qk15 constants). Kronrod nodes
 # +-_XGK[j]; the Gauss nodes are the odd-indexed ones, _XGK[1], _XGK[3], _XGK[5] and 0.
@@ -282,12 +296,15 @@ def arc_length(mlp, params, X=None, *, interval=None, method="auto", rtol=None,
     )
 
 
-def hull_volume(X):
+def hull_volume(X, *, max_facets=MAX_FACETS):
     """Volume of the convex hull of the rows of ``X`` (the feature polytope X_D).
 
     Parameters
     ----------
     X : array_like, shape (N, d)
+    max_facets : int
+        Give up (``ValueError``) when the hull has more facets than this; the time and
+        memory of the hull are proportional to its facets (module docstring).
 
     Returns
     -------
@@ -297,17 +314,15 @@ def hull_volume(X):
     Raises
     ------
     ValueError
-        Fewer than d + 1 points, or points that lie in a lower-dimensional affine subspace.
+        Fewer than d + 1 points, points that lie in a lower-dimensional affine subspace, or
+        a hull with more than ``max_facets`` facets.
     ImportError
         For d >= 2 without SciPy (``pip install 'gcref[scipy]'``).
     """
-    X = _check_points(X)
-    if X.shape[1] == 1:
-        return float(X.max() - X.min())
-    return float(_qhull(X, "ConvexHull").volume)
+    return _Polytope(_check_points(X), max_facets).volume
 
 
-def sample_in_hull(X, n, rng):
+def sample_in_hull(X, n, rng, *, max_facets=MAX_FACETS):
     """Points drawn independently and uniformly in the convex hull of the rows of ``X``.
 
     Parameters
@@ -316,6 +331,8 @@ def sample_in_hull(X, n, rng):
     n : int
         Number of points.
     rng : numpy.random.Generator
+    max_facets : int
+        As in :func:`hull_volume`.
 
     Returns
     -------
@@ -323,28 +340,21 @@ def sample_in_hull(X, n, rng):
 
     Notes
     -----
-    The hull is cut into the simplices of a Delaunay triangulation; a simplex is chosen
-    with probability proportional to its volume, and a point in it with barycentric
+    The hull is cut into cones, one per (triangulated) facet, with a common apex c, the
+    centroid of the hull's vertices: each cone is the simplex spanned by c and the facet's
+    d vertices, and since the hull is convex and c is interior the cones tile it. A cone is
+    chosen with probability proportional to its volume, and a point in it with barycentric
     weights drawn from the flat Dirichlet distribution, which is uniform on a simplex.
     For d = 1 the points are uniform on ``[min, max]``.
     """
     X = _check_points(X)
     n = check_positive_int(n, "n")
     check_rng(rng)
-    d = X.shape[1]
-    if d == 1:
-        return rng.uniform(X.min(), X.max(), size=(n, 1)).astype(X.dtype)
-    tri = _qhull(X, "Delaunay")
-    vertices = X[tri.simplices].astype(np.float64)  # (S, d + 1, d)
-    edges = vertices[:, 1:, :] - vertices[:, :1, :]
-    volumes = np.abs(np.linalg.det(edges))
-    chosen = rng.choice(volumes.size, size=n, p=volumes / volumes.sum())
-    weights = rng.dirichlet(np.ones(d + 1), size=n)
-    return np.einsum("nv,nvd->nd", weights, vertices[chosen]).astype(X.dtype)
+    return _Polytope(X, max_facets).sample(n, rng)
 
 
 def graph_volume(mlp, params, X, *, rng=None, n_samples=65_536, batch_size=4096,
-                 method="auto", rtol=None, backend="numpy"):
+                 method="auto", rtol=None, max_facets=MAX_FACETS, backend="numpy"):
     """Graph volume and continuous Dirichlet energy over the feature polytope X_D.
 
     Parameters
@@ -365,11 +375,21 @@ def graph_volume(mlp, params, X, *, rng=None, n_samples=65_536, batch_size=4096,
         adaptive quadrature methods of :func:`arc_length` on ``[min x_n, max x_n]``.
     rtol : float, optional
         One input, adaptive quadrature: as in :func:`arc_length`.
+    max_facets : int
+        Monte Carlo: the facet budget of the hull, as in :func:`hull_volume`. The hull is
+        built once; its cost, not the sampling's, is what grows quickly with d.
     backend : str or Backend
 
     Returns
     -------
     GraphVolume
+
+    Raises
+    ------
+    ValueError
+        Besides bad arguments: a hull with more than ``max_facets`` facets (many points in
+        many dimensions). Raise ``max_facets`` (time and memory grow in proportion), or
+        measure the data-sampled :func:`gcref.geometric_complexity` instead.
 
     Notes
     -----
@@ -396,10 +416,11 @@ def graph_volume(mlp, params, X, *, rng=None, n_samples=65_536, batch_size=4096,
     check_rng(rng)
     n_samples = check_positive_int(n_samples, "n_samples", minimum=2)
     batch_size = check_positive_int(batch_size, "batch_size")
-    volume = hull_volume(X)
+    hull = _Polytope(_check_points(X), max_facets)
+    volume = hull.volume
     omega, energy = [], []
     for start in range(0, n_samples, batch_size):
-        points = sample_in_hull(X, min(batch_size, n_samples - start), rng)
+        points = hull.sample(min(batch_size, n_samples - start), rng)
         jac = _jacobians(mlp, params, points, backend)
         omega.append(_graph_volume_density(jac))
         energy.append(0.5 * np.sum(jac**2, axis=(1, 2)))
@@ -447,7 +468,7 @@ def _linear_pieces(mlp, params, a, b, backend):
         kinks = mlp.layer_activation(i).kinks
         if not kinks:
             continue
-        z = _evaluate(lambda x: forward(mlp, params, x, backend=backend).zs[i], t[:, None])
+        z = _evaluate(lambda x, i=i: forward(mlp, params, x, backend=backend).zs[i], t[:, None])
         n_evaluations += t.size
         new = [t]
         for kink in kinks:
@@ -569,7 +590,7 @@ def _graph_volume_one_input(mlp, params, X, rtol, backend):
 def _graph_volume_density(jac):
     """``sqrt(det(I_d + J^T J))`` per row of ``jac`` (n, k, d), via the smaller Gram matrix."""
     jac = jac.astype(np.float64)
-    n, k, d = jac.shape
+    _, k, d = jac.shape
     if k == 1 or d == 1:
         return np.sqrt(1.0 + np.sum(jac**2, axis=(1, 2)))
     gram = jac @ np.swapaxes(jac, 1, 2) if k < d else np.swapaxes(jac, 1, 2) @ jac
@@ -644,17 +665,119 @@ def _check_points(X):
     return X
 
 
-def _qhull(X, kind):
+class _Polytope:
+    """The convex hull of the rows of ``X``: its volume, and uniform samples from it.
+
+    Built once per public call; ``sample`` draws from the cones of the facets (see
+    :func:`sample_in_hull`).
+    """
+
+    def __init__(self, X, max_facets):
+        max_facets = check_positive_int(max_facets, "max_facets")
+        self.dtype = X.dtype
+        d = X.shape[1]
+        self.interval = (X.min(), X.max())
+        self.facets = None
+        if d == 1:
+            self.volume = float(X.max() - X.min())
+            return
+        hull = _budgeted_hull(X.astype(np.float64), max_facets)
+        self.volume = float(hull.volume)
+        self.points = hull.points
+        self.facets = hull.simplices  # (F, d) vertex indices of the triangulated facets
+        self.apex = self.points[hull.vertices].mean(axis=0)
+        volumes = np.concatenate([
+            np.abs(np.linalg.det(self.points[self.facets[i:i + 4096]] - self.apex))
+            for i in range(0, self.facets.shape[0], 4096)
+        ])
+        self.probabilities = volumes / volumes.sum()
+
+    def sample(self, n, rng):
+        if self.facets is None:
+            return rng.uniform(*self.interval, size=(n, 1)).astype(self.dtype)
+        d = self.apex.size
+        chosen = rng.choice(self.probabilities.size, size=n, p=self.probabilities)
+        weights = rng.dirichlet(np.ones(d + 1), size=n)
+        facet_points = np.einsum("nv,nvd->nd", weights[:, 1:], self.points[self.facets[chosen]])
+        return (weights[:, :1] * self.apex + facet_points).astype(self.dtype)
+
+
+def _budgeted_hull(points, max_facets):
+    """Qhull's hull of ``points`` (N, d), grown in steps and abandoned past ``max_facets``.
+
+    Each step takes the hull of the previous hull's vertices and the next points (the
+    hull of a set is the hull of its hull's vertices with the rest). The first d + 1 points
+    span the space; a step adds as many points as the facet growth of the last step
+    predicts (as a rate per point) to use half the remaining budget in logarithm, at least
+    one and at most as many as are in already, so a hull whose facets multiply with
+    every point (many dimensions) is stopped within a step or two of the budget while one
+    that grows slowly (few dimensions) takes few steps.
+    """
+    spatial = _scipy_spatial()
+    n, d = points.shape
+    first = _spanning_points(points)
+    rest = points[np.setdiff1d(np.arange(n), first)]
+    vertices, n_facets, used, step = points[first], d + 1, d + 1, 1
+    while True:
+        if n_facets > max_facets:
+            raise ValueError(
+                f"the convex hull of X (N = {n} points in d = {d} dimensions) has {n_facets} "
+                f"facets after {used} of its points, more than max_facets={max_facets}: exact "
+                "hulls grow like N^(d/2). Raise max_facets (time and memory grow in "
+                "proportion), use fewer points or inputs, or measure the data-sampled "
+                "gcref.geometric_complexity / gcref.dirichlet_energy, whose cost does not "
+                "depend on d"
+            )
+        chunk = rest[used - d - 1:used - d - 1 + step]
+        try:
+            hull = spatial.ConvexHull(np.concatenate([vertices, chunk]))
+        except RuntimeError as err:  # scipy.spatial.QhullError, a RuntimeError in every SciPy
+            raise ValueError(
+                f"the points of X do not span a {d}-dimensional hull "
+                "(they lie in a lower-dimensional affine subspace, or are too few)"
+            ) from err
+        growth = hull.simplices.shape[0] / n_facets
+        n_facets, used = hull.simplices.shape[0], used + chunk.shape[0]
+        if used == n and n_facets <= max_facets:
+            return hull
+        vertices = hull.points[hull.vertices]
+        per_point = growth ** (1.0 / chunk.shape[0])
+        affordable = np.inf
+        if per_point > 1:
+            affordable = 0.5 * np.log(max(max_facets / n_facets, 1.0)) / np.log(per_point)
+        step = int(min(max(1.0, affordable), used))
+
+
+def _spanning_points(points):
+    """Indices of d + 1 affinely independent rows of ``points`` (N, d), chosen far apart.
+
+    Greedy: the row farthest from the mean, then repeatedly the row farthest from the
+    affine span of those chosen so far.
+    """
+    d = points.shape[1]
+    centered = points - points.mean(axis=0)
+    scale = np.max(np.linalg.norm(centered, axis=1))
+    chosen = [int(np.argmax(np.linalg.norm(centered, axis=1)))]
+    residual = points - points[chosen[0]]
+    for _ in range(d):
+        distances = np.linalg.norm(residual, axis=1)
+        best = int(np.argmax(distances))
+        if distances[best] <= 1e-10 * scale:
+            raise ValueError(
+                f"the points of X do not span a {d}-dimensional hull "
+                "(they lie in a lower-dimensional affine subspace, or are too few)"
+            )
+        direction = residual[best] / distances[best]
+        residual = residual - np.outer(residual @ direction, direction)
+        chosen.append(best)
+    return np.array(chosen)
+
+
+def _scipy_spatial():
     try:
         from scipy import spatial
     except ImportError as err:
         raise ImportError(
             "convex hulls in two or more dimensions need SciPy: pip install 'gcref[scipy]'"
         ) from err
-    try:
-        return getattr(spatial, kind)(X.astype(np.float64))
-    except RuntimeError as err:  # scipy.spatial.QhullError, a RuntimeError in every SciPy
-        raise ValueError(
-            f"the points of X do not span a {X.shape[1]}-dimensional hull "
-            "(they lie in a lower-dimensional affine subspace, or are too few)"
-        ) from err
+    return spatial

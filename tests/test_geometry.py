@@ -6,8 +6,10 @@ formulas, determinants of simplices."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -305,6 +307,58 @@ def test_degenerate_hulls_are_clear_errors():
         hull_volume(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
     with pytest.raises(ValueError, match="single point"):
         hull_volume(np.ones((3, 1)))
+
+
+@pytest.mark.parametrize("d", [3, 5])
+def test_samples_fill_a_cube_uniformly(d):
+    # The cube's facets are coplanar quadrilaterals, triangulated by Qhull: its cones from
+    # the centre must still tile it with the right volumes for the samples to be uniform.
+    rng = np.random.default_rng(d)
+    corners = np.array(np.meshgrid(*[[0.0, 1.0]] * d)).reshape(d, -1).T
+    X = np.concatenate([rng.uniform(size=(20, d)), corners])
+    n = 20_000
+    points = sample_in_hull(X, n, rng)
+    assert np.all((points >= -1e-12) & (points <= 1 + 1e-12))
+    # Uniform on [0, 1]^d: each coordinate has mean 1/2, variance 1/12, and the
+    # coordinates are uncorrelated; five standard errors each.
+    assert np.all(np.abs(points.mean(axis=0) - 0.5) <= 5 * math.sqrt(1 / 12 / n))
+    # The variance of a uniform coordinate's sample variance is (1/80 - 1/144) / n.
+    assert np.all(np.abs(points.var(axis=0) - 1 / 12) <= 5 * math.sqrt((1 / 80 - 1 / 144) / n))
+    corr = np.corrcoef(points.T)[np.triu_indices(d, 1)]
+    assert np.all(np.abs(corr) <= 5 / math.sqrt(n))
+
+
+def test_hull_volume_matches_one_qhull_call():
+    from scipy.spatial import ConvexHull
+
+    X = np.random.default_rng(0).normal(size=(300, 4))
+    assert hull_volume(X) == pytest.approx(ConvexHull(X).volume, rel=1e-12)
+
+
+def test_many_dimensions_answer_or_refuse_within_seconds():
+    # 64 Gaussian points in 16 dimensions have millions of hull facets (the upper bound
+    # theorem allows ~10^11): the exact hull used to run for minutes without a word.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 16))
+    mlp = gcref.MLP((16, 4, 1), activation="tanh")
+    params = mlp.init(rng)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"max_facets=50000.*Raise max_facets.*geometric_complexity"):
+        graph_volume(mlp, params, X, rng=rng, n_samples=64)
+    # A second or two alone; generous for a shared machine.
+    assert time.perf_counter() - start < 20
+    # The budget is the caller's: a small one refuses a small case, at most one step past it.
+    with pytest.raises(ValueError, match=r"has (\d+) facets.*max_facets=200") as info:
+        hull_volume(rng.normal(size=(40, 5)), max_facets=200)
+    assert int(re.search(r"has (\d+) facets", str(info.value)).group(1)) <= 200 * 10
+    # Within the budget, 16 dimensions answer: the hull of a simplex with a point inside.
+    simplex = np.concatenate([np.zeros((1, 16)), np.eye(16), np.full((1, 16), 0.01)])
+    result = graph_volume(mlp, params, simplex, rng=rng, n_samples=64)
+    assert result.volume == pytest.approx(1 / math.factorial(16), rel=1e-10)
+    with pytest.raises(ValueError, match="max_facets must be >= 1"):
+        hull_volume(X, max_facets=0)
+    with pytest.raises(TypeError, match="max_facets must be an integer"):
+        sample_in_hull(X, 4, rng, max_facets=1e5)
 
 
 def test_missing_scipy_is_a_clear_import_error(monkeypatch):
