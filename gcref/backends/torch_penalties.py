@@ -341,8 +341,10 @@ def _refuse_compiled(torch, module):
     currently support double backward", and the recorded forward pass of the per-example
     penalty inside a compiled function returned 0 instead of the penalty.
     """
+    # torch.compile(module) wraps it with the original as submodule "_orig_mod";
+    # module.compile() sets "_compiled_call_impl" (dictionary look-ups: no __getattr__).
     compiled = torch.compiler.is_compiling() or any(
-        hasattr(m, "_orig_mod") or getattr(m, "_compiled_call_impl", None) is not None
+        "_orig_mod" in m._modules or m.__dict__.get("_compiled_call_impl") is not None
         for m in module.modules()
     )
     if compiled:
