@@ -86,6 +86,8 @@ from gcref.training import (
     L2Penalty,
     PerExampleIGRPenalty,
     SpectralPenalty,
+    TrainingDiverged,
+    TrainResult,
     train,
 )
 from gcref.transfer import TransferTerms, spectral_norms, transfer_ratio, transfer_terms
@@ -173,6 +175,8 @@ __all__ = [
     "SpectralPenalty",
     "tolerance",
     "train",
+    "TrainingDiverged",
+    "TrainResult",
     "transfer_ratio",
     "transfer_terms",
     "TransferTerms",

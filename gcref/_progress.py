@@ -28,10 +28,13 @@ class Progress:
     """
 
     interval = 0.25
+    #: Progress lines open now: one nested inside another (the metrics that a training
+    #: run records) stays silent unless asked for.
+    _open = 0
 
     def __init__(self, what, enabled=None, *, total=None, unit="examples"):
         if enabled is None:
-            enabled = bool(getattr(sys.stderr, "isatty", lambda: False)())
+            enabled = Progress._open == 0 and bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.enabled = enabled
         self.what = what
         self.total = total
@@ -40,6 +43,7 @@ class Progress:
         self._start = self._last = time.perf_counter()
 
     def __enter__(self):
+        Progress._open += 1
         return self
 
     def advance(self, n=1):
@@ -61,6 +65,7 @@ class Progress:
         sys.stderr.flush()
 
     def __exit__(self, *exc):
+        Progress._open -= 1
         if self.enabled and self.count:
             self._draw(time.perf_counter(), end="\n")
         return False

@@ -196,9 +196,12 @@ def chunks(
 
 
 def labelled_chunks(
-    adapter, data, loss, chunk_size, *, allow_empty=False, spec=DEFAULT, what="measure"
+    adapter, data, loss, chunk_size, *, allow_empty=False, spec=DEFAULT, what="measure",
+    check=None,
 ):
     """Chunks ``(X, targets)``, ``targets`` prepared by ``loss`` as float64 ``(n, k)``.
+
+    ``check`` as in :func:`chunks` (default: ``adapter.check_batch``).
 
     Float targets of any float dtype are accepted (regression targets, soft labels);
     they are compared and accumulated in float64.
@@ -206,7 +209,7 @@ def labelled_chunks(
     k = None
     for X, y in chunks(
         data, chunk_size, need_targets=True, allow_empty=allow_empty, spec=spec, what=what,
-        check=adapter.check_batch,
+        check=adapter.check_batch if check is None else check,
     ):
         if k is None:
             k = adapter.output_dim(X)

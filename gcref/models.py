@@ -158,6 +158,46 @@ def _spec(input_key, target_key, batch_fn, progress):
     return DataSpec(input_key, target_key, batch_fn, progress)
 
 
+def _checked(adapter, chunk_size):
+    """``adapter.check_batch``, and once per call the check that examples are independent.
+
+    Per-example quantities (``J(x_n)``, ``grad_theta l_n``) exist only when the model
+    computes each example independently of the others in its batch. Once per measure
+    call, on the first chunk of at least two examples, the model is run on the chunk
+    and on the chunk split in two (two more forward passes; in JAX the halves are padded
+    to the chunk's compiled size); outputs that differ beyond the dtype's rounding raise
+    a ``ValueError`` naming the cause (batch statistics). A gcref MLP never couples
+    examples and is not checked.
+    """
+    pending = [not adapter.examples_independent]
+
+    def check(X, name):
+        X = adapter.check_batch(X, name)
+        if pending and X.shape[0] >= 2:
+            pending.clear()
+            _check_independent(adapter, X[: max(2, chunk_size)])
+        return X
+
+    return check
+
+
+def _check_independent(adapter, X):
+    whole = adapter.outputs(X)
+    half = X.shape[0] // 2
+    parts = np.concatenate([adapter.outputs(X[:half]), adapter.outputs(X[half:])])
+    rtol, atol = adapter.rounding_tolerance()
+    deviation = float(np.max(np.abs(whole - parts)))
+    if deviation > rtol * float(np.max(np.abs(whole), initial=0.0)) + atol:
+        raise ValueError(
+            f"the model's output for an example depends on the other examples of its batch "
+            f"(outputs on {X.shape[0]} examples and on the same examples in two halves differ by "
+            f"{deviation:.3g}): batch statistics couple them (a BatchNorm in training mode or "
+            "without running statistics, or an apply function that normalises over the batch). "
+            "Per-example quantities need independent examples: evaluate with running statistics "
+            "(module.eval() with track_running_stats=True; Flax use_running_average=True)"
+        )
+
+
 def _check_count(count):
     if count == 0:
         raise ValueError("data holds no example: the measure is a mean over at least one example")
@@ -213,7 +253,7 @@ def geometric_complexity(
     spec = _spec(input_key, target_key, batch_fn, progress)
     values, k = [], None
     for X, _ in chunks(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
-                       what="geometric_complexity", check=adapter.check_batch):
+                       what="geometric_complexity", check=_checked(adapter, chunk_size)):
         if k is None:
             k = adapter.output_dim(X)
         chosen = mode
@@ -305,9 +345,10 @@ def estimate_geometric_complexity(
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
     stats, k = [], None
-    for X, _ in chunks(data, max(1, chunk_size // n_probes), need_targets=False,
+    per_chunk = max(1, chunk_size // n_probes)
+    for X, _ in chunks(data, per_chunk, need_targets=False,
                        allow_empty=True, spec=spec, what="estimate_geometric_complexity",
-                       check=adapter.check_batch):
+                       check=_checked(adapter, per_chunk)):
         if k is None:
             k = adapter.output_dim(X)
         probes = draw_probes(rng, probe, (X.shape[0], n_probes, k))
@@ -354,7 +395,7 @@ def output_grad_sq_norms(
     rows = [
         adapter.output_grad_sq_norms(X)
         for X, _ in chunks(data, chunk_size, need_targets=False, spec=spec,
-                           what="output_grad_sq_norms", check=adapter.check_batch)
+                           what="output_grad_sq_norms", check=_checked(adapter, chunk_size))
     ]
     settings = _settings(adapter, spec, chunk_size=chunk_size)
     return GradNorms(np.concatenate(rows), adapter.parameter_names(), settings)
@@ -376,7 +417,7 @@ def loss_grad_sq_norms(
     rows = [
         adapter.loss_grad_sq_norms(X, targets, loss)[1]
         for X, targets in labelled_chunks(adapter, data, loss, chunk_size, spec=spec,
-                                          what="loss_grad_sq_norms")
+                                          what="loss_grad_sq_norms", check=_checked(adapter, chunk_size))
     ]
     settings = _settings(adapter, spec, chunk_size=chunk_size, loss=loss)
     return GradNorms(np.concatenate(rows), adapter.parameter_names(), settings)
@@ -385,12 +426,12 @@ def loss_grad_sq_norms(
 # -- the loss, its gradient and its Hessian ------------------------------------------------
 
 
-def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=False):
+def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=False, check=None):
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
     zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
     total, grad, hg, count = 0.0, zero, zero, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what=what):
+                                      spec=spec, what=what, check=check):
         value, g = adapter.loss_grad_sum(X, targets, loss)
         total, grad, count = total + value, grad + g, count + X.shape[0]
         if penalty:
@@ -403,11 +444,11 @@ def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=Fals
     return total, grad, float(count)
 
 
-def _hvp_sum(adapter, data, loss, native_vector, chunk_size, spec, what):
+def _hvp_sum(adapter, data, loss, native_vector, chunk_size, spec, what, check=None):
     """``(sum_n H_n v, N)`` all-reduced."""
     total, count = 0.0 * native_vector, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what=what):
+                                      spec=spec, what=what, check=check):
         total = total + adapter.loss_hvp_sum(X, targets, loss, native_vector)
         count += X.shape[0]
     total = adapter.all_reduce_sum(total)
@@ -430,7 +471,7 @@ def mean_loss(
     spec = _spec(input_key, target_key, batch_fn, progress)
     total, count = 0.0, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what="mean_loss"):
+                                      spec=spec, what="mean_loss", check=_checked(adapter, chunk_size)):
         total += float(np.sum(loss.per_example(adapter.outputs(X), targets)))
         count += X.shape[0]
     total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
@@ -446,7 +487,9 @@ def loss_grad(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    _, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "loss_grad")
+    _, grad, count = _loss_sum_and_grad(
+        adapter, data, loss, chunk_size, spec, "loss_grad", check=_checked(adapter, chunk_size)
+    )
     return _as_numpy_vector(adapter, grad) / count
 
 
@@ -478,7 +521,9 @@ def loss_hvp(
     if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
         raise ValueError("vector must hold finite floating-point values")
     native = adapter.to_native_vector(vector.astype(np.float64))
-    total, count = _hvp_sum(adapter, data, loss, native, chunk_size, spec, "loss_hvp")
+    total, count = _hvp_sum(
+        adapter, data, loss, native, chunk_size, spec, "loss_hvp", check=_checked(adapter, chunk_size)
+    )
     return _as_numpy_vector(adapter, total) / count
 
 
@@ -548,10 +593,11 @@ def igr_terms(
     zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
+    check = _checked(adapter, chunk_size)
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         batch_grad, batch_count = zero, 0
         for X, targets in labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True,
-                                          what="igr_terms"):
+                                          what="igr_terms", check=check):
             chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
@@ -600,7 +646,9 @@ def modified_loss_gd(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    total, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "modified_loss_gd")
+    total, grad, count = _loss_sum_and_grad(
+        adapter, data, loss, chunk_size, spec, "modified_loss_gd", check=_checked(adapter, chunk_size)
+    )
     return float(total / count + h / 4 * adapter.vector_sq_norm(grad) / count**2)
 
 
@@ -620,23 +668,29 @@ def modified_loss_gd_grad(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    _, grad, count = _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, "modified_loss_gd_grad")
+    check = _checked(adapter, chunk_size)
+    _, grad, count = _loss_sum_and_grad(
+        adapter, data, loss, chunk_size, spec, "modified_loss_gd_grad", check=check
+    )
     g = grad * (1.0 / count)
-    hg, _ = _hvp_sum(adapter, data, loss, g, chunk_size, spec, "modified_loss_gd_grad")
+    hg, _ = _hvp_sum(adapter, data, loss, g, chunk_size, spec, "modified_loss_gd_grad", check=check)
     return _as_numpy_vector(adapter, g + hg * (h / (2 * count)))
 
 
 def _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, with_hvp):
     """Per mini-batch: ``(sum l, sum grad l, n_j, [H_j grad L_j])``, all-reduced."""
+    check = _checked(adapter, chunk_size)
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         total, grad, count = _loss_sum_and_grad(
-            adapter, batch, loss, chunk_size, DataSpec(), "modified_loss_sgd"
+            adapter, batch, loss, chunk_size, DataSpec(), "modified_loss_sgd", check=check
         )
         if count == 0:
             raise ValueError(f"mini-batch {j} holds no example")
         if with_hvp:
             g = grad * (1.0 / count)
-            hg, _ = _hvp_sum(adapter, batch, loss, g, chunk_size, DataSpec(), "modified_loss_sgd")
+            hg, _ = _hvp_sum(
+                adapter, batch, loss, g, chunk_size, DataSpec(), "modified_loss_sgd", check=check
+            )
             yield total, grad, count, hg * (1.0 / count)
         else:
             yield total, grad, count, None
@@ -726,7 +780,7 @@ def modified_loss_per_example(
     spec = _spec(input_key, target_key, batch_fn, progress)
     loss_sum, penalty, count = 0.0, 0.0, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what="modified_loss_per_example"):
+                                      spec=spec, what="modified_loss_per_example", check=_checked(adapter, chunk_size)):
         if form == "gradient":
             per, sq = adapter.loss_grad_sq_norms(X, targets, loss)
             penalty += float(np.sum(sq))
@@ -767,6 +821,7 @@ def modified_loss_per_example_grad(
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
     _, grad, hg, count = _loss_sum_and_grad(
-        adapter, data, loss, chunk_size, spec, "modified_loss_per_example_grad", penalty=True
+        adapter, data, loss, chunk_size, spec, "modified_loss_per_example_grad", penalty=True,
+        check=_checked(adapter, chunk_size),
     )
     return _as_numpy_vector(adapter, (grad + hg * (h / 2)) * (1.0 / count))

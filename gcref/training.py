@@ -142,7 +142,7 @@ class Penalty:
 
     def gradient(self, backend, mlp, params, X, targets, loss):
         """Its gradient, a list of ``(dW_i, db_i)`` native pairs."""
-        if not _differentiates(backend):
+        if not backend.differentiates:
             raise ValueError(_no_analytic_gradient(self, backend))
         return native_gradient(
             backend, lambda p: self.value(backend, mlp, p, X, targets, loss), params
@@ -239,11 +239,6 @@ class GCPenalty(Penalty):
         return self.strength * geometric_complexity_native(mlp, params, X, backend=backend)
 
 
-def _differentiates(backend):
-    """Whether ``backend`` takes derivatives itself (has a ``vjp``), unlike ``numpy``."""
-    return callable(getattr(backend, "vjp", None))
-
-
 def _no_analytic_gradient(penalty, backend):
     return (
         f"{type(penalty).__name__} has no analytic gradient in the {backend.name} backend; "
@@ -336,21 +331,7 @@ def _step_function(backend, mlp, loss, penalties, lr, compiled=False):
         out = _flat(grads) if lr is None else _flat(_combine(1.0, params, -lr, grads))
         return out, _entry_sum(backend.xp, out)
 
-    if backend.name == "jax":
-        import jax
-
-        return jax.jit(step)
-    if backend.name == "torch":
-        import torch
-
-        def step_without_graph(flat, X, targets):
-            # Nested derivatives enable grad where they need it; the step's result must
-            # not carry a graph from one step into the next.
-            with torch.no_grad():
-                return step(flat, X, targets)
-
-        return step_without_graph
-    return step
+    return backend.step_function(step)
 
 
 def _torch_compiled_step(backend, mlp, loss, penalties, lr):
@@ -625,7 +606,7 @@ def train(mlp, params, X, y, loss, *, steps, lr=None, optimizer=None, batch_size
 
     c = Call(mlp, params, X, backend, y, loss)
     n = c.X.shape[0]
-    if not _differentiates(c.backend):
+    if not c.backend.differentiates:
         for p in penalties:
             if type(p).gradient is Penalty.gradient:
                 raise ValueError(_no_analytic_gradient(p, c.backend))

@@ -23,6 +23,8 @@ from gcref.params import flat_arrays, pairs
 class AutodiffBackend(Backend):
     """Backend whose derivatives come from the framework's reverse mode."""
 
+    differentiates = True
+
     def vjp(self, fn, inputs, cotangent):
         """Gradient of ``<fn(*inputs), cotangent>`` with respect to each input, as a tuple."""
         raise NotImplementedError

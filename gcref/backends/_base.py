@@ -51,6 +51,17 @@ class Backend:
 
     name = ""
     xp = np
+    #: Whether the backend differentiates functions of its arrays (reverse mode):
+    #: what penalties without a hand-derived gradient need.
+    differentiates = False
+
+    def step_function(self, step):
+        """``step`` (a training step on native arrays) as this backend runs it best.
+
+        The default runs it as it is; JAX compiles it with ``jax.jit``; torch runs it with
+        gradients disabled, so that no graph is carried from one step into the next.
+        """
+        return step
 
     # -- arrays --------------------------------------------------------------------
     def scope(self, dtype):

@@ -55,6 +55,16 @@ class ModelAdapter:
         """
         return self.outputs(X[:1]).shape[1]
 
+    #: Whether examples are computed independently by construction (a gcref MLP): the
+    #: measures then skip their check for batch statistics.
+    examples_independent = False
+
+    def rounding_tolerance(self):
+        """``(rtol, atol)`` within which two evaluations of the same outputs may differ."""
+        from gcref.tolerances import tolerance
+
+        return tolerance(np.float32)
+
     def check_batch(self, X, name):
         """Validate one batch before it is cut into chunks; return it (possibly converted).
 

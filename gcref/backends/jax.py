@@ -77,6 +77,9 @@ class JaxBackend(AutodiffBackend):
         method.__doc__ = generic.__doc__
         return method
 
+    def step_function(self, step):
+        return self._jax.jit(step)
+
     def scope(self, dtype):
         if np.dtype(dtype) == np.float64:
             return self._enable_x64(True)

@@ -43,6 +43,10 @@ class _Primitive:
         return n_pad
 
 
+class _OwnError(ValueError, TypeError):
+    """A complaint of gcref's about what ``apply`` returned (passed on as it is)."""
+
+
 def _apply_checked(apply, params, X):
     """``apply(params, X)``, checked (while tracing) to be a float array of shape ``(n, k)``."""
     import jax.numpy as jnp
@@ -50,13 +54,13 @@ def _apply_checked(apply, params, X):
     out = apply(params, X)
     shape = getattr(out, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != X.shape[0]:
-        raise ValueError(
+        raise _OwnError(
             f"apply(params, x) must return an array of shape (n, k) for a batch x of n "
             f"examples; for x of shape {tuple(X.shape)} it returned "
             f"{type(out).__name__ if shape is None else f'shape {tuple(shape)}'}"
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"apply(params, x) must return floating-point values; got {out.dtype}")
+        raise _OwnError(f"apply(params, x) must return floating-point values; got {out.dtype}")
     return out
 
 
@@ -306,6 +310,30 @@ class JaxModel(ModelAdapter):
             else:
                 self._batch_sharding = self._replicated = None
             self.params = self._put_params(leaves)
+
+    def __repr__(self):
+        return f"JaxModel({getattr(self.apply, '__name__', type(self.apply).__name__)})"
+
+    def rounding_tolerance(self):
+        from gcref.tolerances import tolerance
+
+        return tolerance(self.dtype)
+
+    def check_batch(self, X, name):
+        """Run the model on the batch's shapes only (no compilation): a wrong input shape is
+        named here, not in a trace deep inside JAX."""
+        with self._backend.scope(self.dtype):
+            self._checked_batch(X)
+        try:
+            self.output_dim(X)
+        except _OwnError:
+            raise
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"{name}: apply(params, x) cannot be called on examples of shape "
+                f"{tuple(X.shape[1:])}: {err}"
+            ) from err
+        return X
 
     # -- placement -------------------------------------------------------------------
     def _put_params(self, leaves):

@@ -40,6 +40,8 @@ class MLPModel(ModelAdapter):
     chunk. theta is ``(W_1, b_1, ..., W_l, b_l)``, flattened as :func:`gcref.flatten_params`.
     """
 
+    examples_independent = True
+
     def __init__(self, mlp, params, backend="numpy"):
         if not isinstance(mlp, MLP):
             raise not_an_mlp(mlp)

@@ -33,6 +33,17 @@ class TorchBackend(AutodiffBackend):
         self.xp = torch
         self.device = torch.device(device)
 
+    def step_function(self, step):
+        torch = self._torch
+
+        def step_without_graph(*args):
+            # Nested derivatives enable grad where they need it; the step's result must
+            # not carry a graph from one step into the next.
+            with torch.no_grad():
+                return step(*args)
+
+        return step_without_graph
+
     def asarray(self, x):
         return self._torch.as_tensor(np.asarray(x), device=self.device)
 

@@ -7,6 +7,7 @@ the norm identities are in :mod:`gcref.backends.torch_layers`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -100,7 +101,34 @@ class TorchModel(ModelAdapter):
         self.module = module
         self.norm_method = norm_method
 
+    def __repr__(self):
+        return f"TorchModel({type(self.module).__name__}, norm_method={self.norm_method!r})"
+
     # -- placement, inputs, calls ----------------------------------------------------------
+
+    def rounding_tolerance(self):
+        from gcref.tolerances import tolerance
+
+        dtype = self._placement()[1]
+        if dtype in (self._torch.float32, self._torch.float64):
+            return tolerance(np.float64 if dtype == self._torch.float64 else np.float32)
+        return 2e-2, 1e-2  # half precision: about 3 significant digits
+
+    def check_batch(self, X, name):
+        """Refuse layers that normalise by batch statistics even in inference mode."""
+        for m_name, m in self.module.named_modules():
+            if isinstance(m, self._torch.nn.modules.batchnorm._BatchNorm) and (
+                m.running_mean is None or m.running_var is None
+            ):
+                raise ValueError(
+                    f"module {m_name or type(self.module).__name__!r} is a "
+                    f"{type(m).__name__} without running statistics "
+                    "(track_running_stats=False): it normalises every batch by its own "
+                    "statistics, so no example has a Jacobian or gradient of its own. Build it "
+                    "with track_running_stats=True (and train it), or replace it by a "
+                    "per-example normalisation (nn.GroupNorm, nn.LayerNorm)"
+                )
+        return X
 
     def _placement(self):
         """The device and dtype inputs are converted to: those of the first floating parameter."""
@@ -359,8 +387,69 @@ class TorchModel(ModelAdapter):
         def loss_one(params, x, t):
             return loss.per_example(f_one(params, x)[None], t[None])[0]
 
-        grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, X, T)
-        return sum(g.double().square().sum() for g in grads.values())
+        def vmapped():
+            grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, X, T)
+            return sum(g.double().square().sum() for g in grads.values())
+
+        def looped():
+            rows = self._looped_grads(
+                X, lambda f, n: [loss.per_example(f, T[n : n + 1])[0]], trainable, create_graph=True
+            )
+            return sum(g.double().square().sum() for row in rows for grads in row for g in grads)
+
+        return self._vmap_or_loop(vmapped, looped)
+
+    def _vmap_or_loop(self, vmapped, looped):
+        """``vmapped()``, or ``looped()`` when ``torch.func.vmap`` cannot run the model.
+
+        Recurrent layers (``nn.RNN``, ``nn.GRU``) and some other kernels have no batching
+        rule; a loop over the chunk's examples is slower but exact.
+        """
+        torch = self._torch
+        try:
+            return vmapped()
+        except RuntimeError as err:
+            if isinstance(err, torch.OutOfMemoryError):
+                raise
+            warnings.warn(
+                f"torch.func.vmap cannot run {type(self.module).__name__} ({err}); per-example "
+                "gradients are taken by a loop over the examples of each chunk (exact, slower)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return looped()
+
+    def _looped_grads(self, X, scalars, trainable, create_graph=False):
+        """Per example ``n``: the gradients of each of ``scalars(f_n, n)`` with respect to theta.
+
+        ``f_n`` is the model's output on example n alone, shape ``(1, k)``. Returns a list
+        (over examples) of lists (over scalars) of gradient tuples (over theta's tensors).
+        """
+        torch = self._torch
+        params = [p for _, p in trainable]
+        rows = []
+        with torch.enable_grad():
+            for n in range(X.shape[0]):
+                values = scalars(self._call(self.module, X[n : n + 1]), n)
+                grads = []
+                for j, value in enumerate(values):
+                    g = torch.autograd.grad(
+                        value, params, retain_graph=create_graph or j < len(values) - 1,
+                        create_graph=create_graph, allow_unused=True,
+                    )
+                    grads.append(tuple(torch.zeros_like(p) if a is None else a for a, p in zip(g, params)))
+                rows.append(grads)
+        return rows
+
+    def _looped_columns(self, rows, n):
+        """Per-parameter squared norms ``(n, T)`` summed over each example's scalars."""
+        torch = self._torch
+        return torch.stack(
+            [
+                torch.stack([sum(g[t].double().square().sum() for g in row) for t in range(len(row[0]))])
+                for row in rows
+            ]
+        ).reshape(n, -1)
 
     def vector_sq_norm(self, vector):
         return float(self._torch.dot(vector, vector))
@@ -376,9 +465,19 @@ class TorchModel(ModelAdapter):
         torch = self._torch
         f_one = self._per_example_function()
         params = {n: p.detach() for n, p in trainable}
-        self._call(self.module, X[:1])
-        jac = torch.func.vmap(torch.func.jacrev(f_one), in_dims=(None, 0))(params, X)
-        return _tree_columns(jac, trainable, X.shape[0], torch).cpu().numpy()
+        f = self._call(self.module, X[:1])
+
+        def vmapped():
+            jac = torch.func.vmap(torch.func.jacrev(f_one), in_dims=(None, 0))(params, X)
+            return _tree_columns(jac, trainable, X.shape[0], torch)
+
+        def looped():
+            rows = self._looped_grads(X, lambda f, n: list(f[0]), trainable)
+            return self._looped_columns(rows, X.shape[0])
+
+        if f.shape[1] == 0:
+            return np.zeros((X.shape[0], len(trainable)))
+        return self._vmap_or_loop(vmapped, looped).cpu().numpy()
 
     def _vmap_loss_sq_norms(self, X, targets, loss, trainable):
         torch = self._torch
@@ -390,11 +489,20 @@ class TorchModel(ModelAdapter):
         def loss_one(params, x, t):
             return loss.per_example(f_one(params, x)[None], t[None])[0]
 
-        grads, losses = torch.func.vmap(torch.func.grad_and_value(loss_one), in_dims=(None, 0, 0))(
-            params, X, T
-        )
-        sq = _tree_columns(grads, trainable, X.shape[0], torch)
-        return losses.double().cpu().numpy(), sq.cpu().numpy()
+        def vmapped():
+            grads, losses = torch.func.vmap(
+                torch.func.grad_and_value(loss_one), in_dims=(None, 0, 0)
+            )(params, X, T)
+            return losses.double(), _tree_columns(grads, trainable, X.shape[0], torch)
+
+        def looped():
+            with torch.no_grad():
+                losses = loss.per_example(self._call(self.module, X), T).double()
+            rows = self._looped_grads(X, lambda f, n: [loss.per_example(f, T[n : n + 1])[0]], trainable)
+            return losses, self._looped_columns(rows, X.shape[0])
+
+        losses, sq = self._vmap_or_loop(vmapped, looped)
+        return losses.cpu().numpy(), sq.cpu().numpy()
 
     # -- gradients and Hessian-vector products of the summed loss --------------------------
 
