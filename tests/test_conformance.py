@@ -301,3 +301,20 @@ def test_architectures_restrict_the_drawn_shapes():
     conformance.check_geometric_complexity(gc, "numpy", settings=quick("numpy"),
                                            architectures=((2, 3, 1), (1, 1)))
     assert seen and seen <= {((2, 3, 1), 4), ((1, 1), 4)}
+
+
+def test_without_hypothesis_the_checker_works_and_the_kit_says_what_to_install():
+    code = (
+        "import sys\n"
+        "sys.modules['hypothesis'] = None\n"
+        "import numpy as np, gcref.testing as t\n"
+        "assert t.check_jvp(np.sin, np.ones(2), lambda v: np.cos(np.ones(2)) * v, np.random.default_rng(0)).passed\n"
+        "for name in ('gcref.testing.strategies', 'gcref.testing.conformance'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ImportError as error:\n"
+        "        assert \"pip install 'gcref[testing]'\" in str(error), error\n"
+        "    else:\n"
+        "        raise SystemExit(name + ' imported without hypothesis')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

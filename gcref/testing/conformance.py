@@ -58,9 +58,15 @@ import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-from hypothesis import HealthCheck, given
-from hypothesis import settings as hypothesis_settings
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+except ImportError as error:
+    raise ImportError(
+        "gcref.testing.conformance needs Hypothesis: pip install 'gcref[testing]'"
+    ) from error
 
 import gcref
 from gcref.params import flatten_params

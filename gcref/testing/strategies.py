@@ -26,8 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from hypothesis import assume
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import assume
+    from hypothesis import strategies as st
+except ImportError as error:
+    raise ImportError(
+        "gcref.testing.strategies needs Hypothesis: pip install 'gcref[testing]'"
+    ) from error
 
 import gcref
 from gcref.rescaling import random_rescaling_factors
