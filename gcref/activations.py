@@ -26,8 +26,9 @@ Every backend differentiates ``fn`` itself; the property tests check that ``d1``
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -142,9 +143,11 @@ def leaky_relu(slope=0.01):
     return _leaky_relu(slope)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _leaky_relu(slope):
-    name = "leaky_relu" if slope == 0.01 else f"leaky_relu({slope:g})"
+    # repr, not a rounded format: the name is also a spelling that get_activation reads
+    # back to the same slope (a saved MLP, the command line).
+    name = "leaky_relu" if slope == 0.01 else f"leaky_relu({slope!r})"
     return Activation(
         name,
         lambda x, xp: xp.where(x > 0, x, slope * x),
@@ -155,6 +158,8 @@ def _leaky_relu(slope):
         kinks=(0.0,),
     )
 
+
+_LEAKY_RELU_SPELLING = re.compile(r"leaky_relu\(\s*([^()]*?)\s*\)")
 
 _REGISTRY = {
     a.name: a
@@ -178,15 +183,31 @@ def activation_names():
 
 
 def get_activation(spec, name="activation"):
-    """Return the ``Activation`` for a registered name or an ``Activation`` instance."""
+    """Return the ``Activation`` for a registered name or an ``Activation`` instance.
+
+    Besides the registered names, ``"leaky_relu(SLOPE)"`` (e.g. ``"leaky_relu(0.2)"``, the
+    name of :func:`leaky_relu` for that slope) gives ``leaky_relu(SLOPE)``.
+    """
     if isinstance(spec, Activation):
         return spec
     if isinstance(spec, str):
-        try:
+        if spec in _REGISTRY:
             return _REGISTRY[spec]
-        except KeyError:
-            raise ValueError(
-                f"unknown {name} {spec!r}; expected one of {activation_names()} "
-                "(leaky_relu(slope) for another slope, or register_activation for your own)"
-            ) from None
+        match = _LEAKY_RELU_SPELLING.fullmatch(spec.strip())
+        if match:
+            try:
+                slope = float(match.group(1))
+            except ValueError:
+                raise ValueError(
+                    f"{name} {spec!r}: the slope must be a number, as in 'leaky_relu(0.2)'"
+                ) from None
+            try:
+                return leaky_relu(slope)
+            except ValueError as err:
+                raise ValueError(f"{name} {spec!r}: {err}") from None
+        raise ValueError(
+            f"unknown {name} {spec!r}; expected one of {activation_names()}, or "
+            "'leaky_relu(SLOPE)' such as 'leaky_relu(0.2)' for another slope "
+            "(gcref.register_activation adds your own)"
+        )
     raise TypeError(f"{name} must be a name or an Activation; got {type(spec).__name__}")

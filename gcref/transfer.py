@@ -127,8 +127,9 @@ def transfer_terms(
     svd_max_dim : int
         Spectral norms of matrices with ``min(rows, cols) <= svd_max_dim`` are exact, by
         SVD; larger ones come from :func:`spectral_norms` by power iteration.
-    power_tol, power_max_iter
-        Passed to power iteration as ``tol`` and ``max_iter``.
+    power_tol : float > 0
+    power_max_iter : int >= 2
+        Passed to :func:`spectral_norms` as ``tol`` and ``max_iter``.
 
     Returns
     -------
@@ -145,6 +146,9 @@ def transfer_terms(
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     svd_max_dim = check_positive_int(svd_max_dim, "svd_max_dim", minimum=0)
+    # Checked here, under their own names: spectral_norms would call them tol and max_iter.
+    power_tol = check_finite_scalar(power_tol, "power_tol", positive=True)
+    power_max_iter = check_positive_int(power_max_iter, "power_max_iter", minimum=2)
     with Call(mlp, params, X, backend) as c:
         b = c.backend
         fwd = b.forward(mlp, c.nparams, c.nX)
