@@ -33,12 +33,18 @@ shaped values (the loss gradient, the HVP's vector and result) are nested tuples
 torch, the order of ``module.parameters()``). Results may be arrays of any of the three
 frameworks or Python floats.
 
-Call a check from a plain test or script, not from inside a Hypothesis ``@given``
-test (it runs its own). Every check also takes ``settings`` (a ``hypothesis.settings``; by default 25 examples,
-no deadline, no example database), ``activations`` (the activation names drawn),
-``architectures`` (layer sizes to draw from) and ``rtol``/``atol`` (by default
-:func:`gcref.tolerance` of float64), and returns a :class:`Conformance` summary when
-every drawn problem passes.
+The output layer is linear (no output activation). Hidden layers are reachable for
+MLP-specific quantities such as the transfer ratio: ``model[: 2 * i]`` (torch) and
+``apply(params[:i], x)`` (JAX) compute ``h_{i+1}``, the output of the first i layers.
+
+Call a check from a plain test or script, not from inside a Hypothesis ``@given`` test
+(it runs its own). Every check also takes ``settings`` (a ``hypothesis.settings``; by
+default 25 examples, no deadline, no example database), ``activations`` (the activation
+names drawn), ``architectures`` (layer sizes to draw from) and ``rtol``/``atol`` (by
+default :func:`gcref.tolerance` of float64), and returns a :class:`Conformance` summary
+when every drawn problem passes. Tanh and sigmoid problems with saturated units
+(``|z| > 6``) are skipped: there, exact implementations legitimately differ beyond
+``rtol``.
 
 Examples
 --------
