@@ -66,9 +66,30 @@ LAM = 0.01
 PROBE_GOAL = 3.0
 AGREEMENT_RTOL = {"float64": 1e-9, "float32": 1e-4}
 
-CPU_SETTING = dict(batch=32, image_size=16, resnet_width=8, cnn_width=16, repeats=5, threads=1)
-QUICK_SETTING = dict(batch=8, image_size=8, resnet_width=4, cnn_width=4, repeats=2, threads=1)
-FULL_SETTING = dict(batch=128, image_size=32, resnet_width=64, cnn_width=32, repeats=10, threads=None)
+CPU_SETTING = {
+    "batch": 32,
+    "image_size": 16,
+    "resnet_width": 8,
+    "cnn_width": 16,
+    "repeats": 5,
+    "threads": 1,
+}
+QUICK_SETTING = {
+    "batch": 8,
+    "image_size": 8,
+    "resnet_width": 4,
+    "cnn_width": 4,
+    "repeats": 2,
+    "threads": 1,
+}
+FULL_SETTING = {
+    "batch": 128,
+    "image_size": 32,
+    "resnet_width": 64,
+    "cnn_width": 32,
+    "repeats": 10,
+    "threads": None,
+}
 
 
 # -- the Jacobian regulariser, from the paper -------------------------------------------------
@@ -129,7 +150,7 @@ def igr_batched_per_example(torch, model, x, y):
 
 def methods(torch, penalties, model, has_batchnorm):
     """``name -> (gcref or alternative, function (x, y, rng) -> (penalty, f))``."""
-    sphere = dict(n_probes=1, probe="sphere", examples="independent", return_output=True)
+    sphere = {"n_probes": 1, "probe": "sphere", "examples": "independent", "return_output": True}
 
     def jr(n_proj, probes_from=None):
         def run(x, y, rng):
@@ -140,7 +161,9 @@ def methods(torch, penalties, model, has_batchnorm):
                 from gcref.models import draw_probes
 
                 probes = torch.as_tensor(
-                    draw_probes(rng, "sphere", (x.shape[0], 1, f.shape[1])), dtype=f.dtype, device=f.device
+                    draw_probes(rng, "sphere", (x.shape[0], 1, f.shape[1])),
+                    dtype=f.dtype,
+                    device=f.device,
                 )
             return jacobian_regulariser(torch, x, f, n_proj, probes), f
 
@@ -148,22 +171,44 @@ def methods(torch, penalties, model, has_batchnorm):
 
     table = {
         "plain": ("baseline", lambda x, y, rng: (None, model(x))),
-        "DE exact": ("gcref", lambda x, y, rng: penalties.dirichlet_energy(
-            model, x, examples="independent", return_output=True)),
+        "DE exact": (
+            "gcref",
+            lambda x, y, rng: penalties.dirichlet_energy(
+                model, x, examples="independent", return_output=True
+            ),
+        ),
         "DE exact: Jacobian regulariser": ("alternative", jr(-1)),
-        "DE 1-probe": ("gcref", lambda x, y, rng: penalties.estimate_dirichlet_energy(model, x, rng, **sphere)),
+        "DE 1-probe": (
+            "gcref",
+            lambda x, y, rng: penalties.estimate_dirichlet_energy(model, x, rng, **sphere),
+        ),
         "DE 1-probe: Jacobian regulariser": ("alternative", jr(1)),
-        "IGR full batch": ("gcref", lambda x, y, rng: penalties.igr_full_batch(
-            model, x, y, "softmax_cross_entropy", return_output=True)),
-        "IGR full batch: double backward": ("alternative", lambda x, y, rng: igr_double_backward(torch, model, x, y)),
-        "IGR per example": ("gcref", lambda x, y, rng: penalties.igr_per_example(
-            model, x, y, "softmax_cross_entropy", return_output=True)),
+        "IGR full batch": (
+            "gcref",
+            lambda x, y, rng: penalties.igr_full_batch(
+                model, x, y, "softmax_cross_entropy", return_output=True
+            ),
+        ),
+        "IGR full batch: double backward": (
+            "alternative",
+            lambda x, y, rng: igr_double_backward(torch, model, x, y),
+        ),
+        "IGR per example": (
+            "gcref",
+            lambda x, y, rng: penalties.igr_per_example(
+                model, x, y, "softmax_cross_entropy", return_output=True
+            ),
+        ),
         "IGR per example: batched backward": (
-            "alternative", lambda x, y, rng: igr_batched_per_example(torch, model, x, y)),
+            "alternative",
+            lambda x, y, rng: igr_batched_per_example(torch, model, x, y),
+        ),
     }
     if has_batchnorm:
-        table["GC exact, batch statistics"] = ("gcref", lambda x, y, rng: penalties.geometric_complexity(
-            model, x, return_output=True))
+        table["GC exact, batch statistics"] = (
+            "gcref",
+            lambda x, y, rng: penalties.geometric_complexity(model, x, return_output=True),
+        )
     # For the value check the one-probe regulariser takes gcref's probes.
     checks = {"DE 1-probe: Jacobian regulariser": jr(1, probes_from="gcref")}
     return table, checks
@@ -242,11 +287,15 @@ def report(label, table, medians, diffs, dtype):
                 verdicts.append(f"{name}: values disagree")
             else:
                 row += f"{t / ours:>13.2f}{diffs[name]:>11.1e}"
-                verdicts.append(f"{name.split(':')[0]} at least as fast as the alternative: "
-                                f"{'yes' if ours <= t else 'no'} ({t / ours:.2f})")
+                verdicts.append(
+                    f"{name.split(':')[0]} at least as fast as the alternative: "
+                    f"{'yes' if ours <= t else 'no'} ({t / ours:.2f})"
+                )
         print(row)
     probe = medians["DE 1-probe"] / plain
-    print(f"goal: 1-probe step <= {PROBE_GOAL:g}x plain: {'yes' if probe <= PROBE_GOAL else 'no'} ({probe:.2f})")
+    print(
+        f"goal: 1-probe step <= {PROBE_GOAL:g}x plain: {'yes' if probe <= PROBE_GOAL else 'no'} ({probe:.2f})"
+    )
     for v in verdicts:
         print("goal:", v)
 
@@ -254,7 +303,9 @@ def report(label, table, medians, diffs, dtype):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
-    parser.add_argument("--full", action="store_true", help="the GPU setting (batch 128, 32x32, width 64)")
+    parser.add_argument(
+        "--full", action="store_true", help="the GPU setting (batch 128, 32x32, width 64)"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(AGREEMENT_RTOL))
     parser.add_argument("--repeats", type=int, default=None)
@@ -275,13 +326,21 @@ def main(argv=None):
         torch.set_num_threads(threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
-    print(f"gcref penalties benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"torch {torch.__version__}, python {platform.python_version()}, device {device}, "
-          f"{args.dtype}, threads {torch.get_num_threads()}, setting {setting}, lam {LAM}")
+    print(
+        f"gcref penalties benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
+    print(
+        f"torch {torch.__version__}, python {platform.python_version()}, device {device}, "
+        f"{args.dtype}, threads {torch.get_num_threads()}, setting {setting}, lam {LAM}"
+    )
     torch.manual_seed(args.seed)
     models = {
-        f"ResNet-18 (width {setting['resnet_width']})": resnet18(num_classes=K, width=setting["resnet_width"]),
-        f"SmallCNN (width {setting['cnn_width']})": SmallCNN(in_channels=3, num_classes=K, width=setting["cnn_width"]),
+        f"ResNet-18 (width {setting['resnet_width']})": resnet18(
+            num_classes=K, width=setting["resnet_width"]
+        ),
+        f"SmallCNN (width {setting['cnn_width']})": SmallCNN(
+            in_channels=3, num_classes=K, width=setting["cnn_width"]
+        ),
     }
     for label, model in models.items():
         benchmark_model(torch, penalties, label, model, setting, device, dtype, args.seed)

@@ -143,8 +143,11 @@ def dirichlet_energy(model, x, *, params=None, examples=None, return_output=Fals
     regularization", 2019; ``facebookresearch/jacobian_regularizer``) returns with
     ``n=-1`` (all k one-hot projections): ``(1/2) (1/n) sum_n ||J(x_n)||_F^2``.
     """
-    return _halved(geometric_complexity(model, x, params=params, examples=examples,
-                                        return_output=return_output))
+    return _halved(
+        geometric_complexity(
+            model, x, params=params, examples=examples, return_output=return_output
+        )
+    )
 
 
 def estimate_dirichlet_energy(
@@ -163,7 +166,13 @@ def estimate_dirichlet_energy(
     """
     return _halved(
         estimate_geometric_complexity(
-            model, x, rng, params=params, n_probes=n_probes, probe=probe, examples=examples,
+            model,
+            x,
+            rng,
+            params=params,
+            n_probes=n_probes,
+            probe=probe,
+            examples=examples,
             return_output=return_output,
         )
     )
@@ -247,7 +256,9 @@ def _backend(model, params):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         if params is not None:
-            raise TypeError("params must be left out for a torch.nn.Module: its own parameters are used")
+            raise TypeError(
+                "params must be left out for a torch.nn.Module: its own parameters are used"
+            )
         from gcref.backends import torch_penalties
 
         return True, torch_penalties
@@ -267,7 +278,10 @@ def _backend(model, params):
 
 def _options(torch_module, examples, return_output):
     if torch_module:
-        return {"examples": "auto" if examples is None else examples, "return_output": return_output}
+        return {
+            "examples": "auto" if examples is None else examples,
+            "return_output": return_output,
+        }
     _no_output(return_output)
     return {"examples": "independent" if examples is None else examples}
 

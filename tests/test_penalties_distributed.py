@@ -194,7 +194,10 @@ def test_two_processes_give_the_single_process_gradients(tmp_path):
             for rank, results in enumerate(ranks):
                 got = results[f"{layout}/{name}"]
                 np.testing.assert_allclose(
-                    got, want, rtol=RTOL, atol=RTOL * np.max(np.abs(want)),
+                    got,
+                    want,
+                    rtol=RTOL,
+                    atol=RTOL * np.max(np.abs(want)),
                     err_msg=f"{name}, {layout} shards, rank {rank}",
                 )
 

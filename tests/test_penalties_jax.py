@@ -20,16 +20,16 @@ import gcref
 if "jax" not in gcref.available_backends() and not os.environ.get("CI"):
     pytest.skip("jax is not installed", allow_module_level=True)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
-import gcref.models as gm  # noqa: E402
-from gcref import penalties  # noqa: E402
-from gcref.backends.jax_penalties import draw_probes  # noqa: E402
-from gcref.nets.jax import mlp_apply_from_gcref  # noqa: E402
-from gcref.params import flatten_params  # noqa: E402
-from gcref.testing import check_vjp  # noqa: E402
+import gcref.models as gm
+from gcref import penalties
+from gcref.backends.jax_penalties import draw_probes
+from gcref.nets.jax import mlp_apply_from_gcref
+from gcref.params import flatten_params
+from gcref.testing import check_vjp
 
 RTOL, ATOL = gcref.tolerance(np.float64)
 N = 4
@@ -47,7 +47,9 @@ def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
 
 
 def conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def cnn_apply(coupled):
@@ -187,8 +189,12 @@ def test_independent_penalties_equal_the_measures():
     jparams = jax.tree_util.tree_map(jnp.asarray, params)
     gc = gm.geometric_complexity(apply, x, params=params)
     assert_close(float(penalties.geometric_complexity(apply, jnp.asarray(x), params=jparams)), gc)
-    assert_close(float(penalties.igr_full_batch(apply, x, y, LOSS, params=jparams)), terms.full_batch)
-    assert_close(float(penalties.igr_per_example(apply, x, y, LOSS, params=jparams)), terms.per_example)
+    assert_close(
+        float(penalties.igr_full_batch(apply, x, y, LOSS, params=jparams)), terms.full_batch
+    )
+    assert_close(
+        float(penalties.igr_per_example(apply, x, y, LOSS, params=jparams)), terms.per_example
+    )
 
 
 def test_coupled_form_equals_the_independent_one_on_independent_examples(network):
@@ -232,7 +238,9 @@ def test_igr_penalty_gradients_equal_the_numpy_reference(loss):
             reference(description, params, X, y, loss, 0.0)
         )
         got = ravel_pytree(
-            jax.jit(jax.grad(lambda p, penalty=penalty: penalty(apply, X, y, loss, params=p)))(jparams)
+            jax.jit(jax.grad(lambda p, penalty=penalty: penalty(apply, X, y, loss, params=p)))(
+                jparams
+            )
         )[0]
         assert_close(got, want, atol=ATOL * max(1.0, np.max(np.abs(want))))
 
@@ -250,7 +258,7 @@ def test_probe_penalty_is_unbiased_within_its_standard_error(probe):
     def estimate(p, key):
         return penalties.estimate_geometric_complexity(apply, x, key, params=p, probe=probe)
 
-    direction, unravel = ravel_pytree(params)
+    direction = ravel_pytree(params)[0]
     direction = jnp.asarray(np.random.default_rng(10).normal(size=direction.shape))
 
     def value_and_slope(key):
@@ -259,7 +267,9 @@ def test_probe_penalty_is_unbiased_within_its_standard_error(probe):
 
     keys = jax.random.split(jax.random.key(11), 400)
     values, slopes = jax.vmap(value_and_slope)(keys)
-    exact, exact_grad = jax.value_and_grad(lambda p: penalties.geometric_complexity(apply, x, params=p))(params)
+    exact, exact_grad = jax.value_and_grad(
+        lambda p: penalties.geometric_complexity(apply, x, params=p)
+    )(params)
     for draws, want in ((values, exact), (slopes, ravel_pytree(exact_grad)[0] @ direction)):
         draws = np.asarray(draws)
         stderr = draws.std(ddof=1) / np.sqrt(draws.size)
@@ -284,8 +294,11 @@ def test_penalties_compose_with_vmap(name):
     params = jax.tree_util.tree_map(jnp.asarray, params)
     halves = jnp.asarray(x).reshape(2, N // 2, *x.shape[1:])
     for penalty in ("gc", "igr-per-example"):
+
         def grad_on(xb, yb, penalty=penalty):
-            return ravel_pytree(jax.grad(penalty_functions(apply, xb, yb, examples)[penalty])(params))[0]
+            return ravel_pytree(
+                jax.grad(penalty_functions(apply, xb, yb, examples)[penalty])(params)
+            )[0]
 
         batched = jax.jit(jax.vmap(grad_on))(halves, label_halves)
         one_by_one = [jax.jit(grad_on)(xb, yb) for xb, yb in zip(halves, label_halves)]
@@ -306,7 +319,9 @@ def test_a_jitted_training_step_lowers_gc():
         def step(p, key):
             def objective(q):
                 mse = 0.5 * jnp.mean(jnp.sum((apply(q, x) - y) ** 2, axis=1))
-                gc = penalties.estimate_geometric_complexity(apply, x, key, params=q, probe="sphere")
+                gc = penalties.estimate_geometric_complexity(
+                    apply, x, key, params=q, probe="sphere"
+                )
                 return mse + lam * gc
 
             return jax.tree_util.tree_map(lambda a, g: a - 0.05 * g, p, jax.grad(objective)(p))
@@ -334,7 +349,9 @@ def test_bad_input_raises_a_clear_error():
     with pytest.raises(ValueError, match="unknown examples"):
         penalties.geometric_complexity(apply, x, params=params, examples="auto")
     with pytest.raises(ValueError, match="unknown probe"):
-        penalties.estimate_geometric_complexity(apply, x, jax.random.key(0), params=params, probe="x")
+        penalties.estimate_geometric_complexity(
+            apply, x, jax.random.key(0), params=params, probe="x"
+        )
     with pytest.raises(ValueError, match=r"y must have shape \(4, 3\)"):
         penalties.igr_full_batch(apply, x, np.zeros((N, 2)), "squared", params=params)
     with pytest.raises(TypeError, match="integer dtype"):

@@ -23,12 +23,12 @@ import gcref
 if "torch" not in gcref.available_backends() and not os.environ.get("CI"):
     pytest.skip("torch is not installed", allow_module_level=True)
 
-import torch  # noqa: E402
+import torch
 
-import gcref.models as gm  # noqa: E402
-from gcref import penalties  # noqa: E402
-from gcref.nets.torch import mlp_module  # noqa: E402
-from gcref.testing import check_vjp  # noqa: E402
+import gcref.models as gm
+from gcref import penalties
+from gcref.nets.torch import mlp_module
+from gcref.testing import check_vjp
 
 RTOL, ATOL = gcref.tolerance(np.float64)
 N = 5
@@ -81,7 +81,9 @@ def cnn(training):
 
 
 def no_rule():
-    net = torch.nn.Sequential(torch.nn.Linear(3, 4), Scale(4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), Scale(4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+    )
     return fill(net.double(), 3), (N, 3)
 
 
@@ -139,7 +141,10 @@ def penalty_gradient(module, fn):
     value = fn(module)
     grads = torch.autograd.grad(value, list(module.parameters()), allow_unused=True)
     return float(value.detach()), torch.cat(
-        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, module.parameters())]
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for g, p in zip(grads, module.parameters())
+        ]
     ).numpy()
 
 
@@ -187,7 +192,10 @@ def loop_references(net, x, y, rng_seed):
     losses = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
     full = torch.autograd.grad(losses.mean(), params, retain_graph=True)
     per_example = [
-        sum(float(g.square().sum()) for g in torch.autograd.grad(losses[n], params, retain_graph=True))
+        sum(
+            float(g.square().sum())
+            for g in torch.autograd.grad(losses[n], params, retain_graph=True)
+        )
         for n in range(N)
     ]
     return {
@@ -242,8 +250,10 @@ def test_coupled_and_independent_agree_when_examples_are_independent(name):
     rng = np.random.default_rng(20)
     x = torch.as_tensor(rng.normal(size=shape))
     y = torch.as_tensor(rng.integers(0, 2, size=N))
-    for fn, args in ((penalties.geometric_complexity, (net, x)),
-                     (penalties.igr_per_example, (net, x, y, LOSS))):
+    for fn, args in (
+        (penalties.geometric_complexity, (net, x)),
+        (penalties.igr_per_example, (net, x, y, LOSS)),
+    ):
         assert_close(
             float(fn(*args, examples="coupled").detach()),
             float(fn(*args, examples="independent").detach()),
@@ -255,7 +265,9 @@ def test_batchnorm_in_training_mode_is_detected_and_matters():
     net, shape = cnn(True)
     x = torch.as_tensor(np.random.default_rng(9).normal(size=shape))
     coupled = float(penalties.geometric_complexity(net, x).detach())
-    assert_close(coupled, float(penalties.geometric_complexity(net, x, examples="coupled").detach()))
+    assert_close(
+        coupled, float(penalties.geometric_complexity(net, x, examples="coupled").detach())
+    )
     independent = float(penalties.geometric_complexity(net, x, examples="independent").detach())
     assert abs(independent - coupled) > 1e-3 * coupled
 
@@ -280,9 +292,9 @@ def test_igr_penalty_gradients_equal_the_numpy_reference(loss):
         "per-example": (gcref.modified_loss_per_example_grad, penalties.igr_per_example),
     }
     for name, (reference, penalty) in references.items():
-        want = gcref.params.flatten_params(reference(mlp, params, X, y, loss, 4.0)) - gcref.params.flatten_params(
-            reference(mlp, params, X, y, loss, 0.0)
-        )
+        want = gcref.params.flatten_params(
+            reference(mlp, params, X, y, loss, 4.0)
+        ) - gcref.params.flatten_params(reference(mlp, params, X, y, loss, 0.0))
         _, got = penalty_gradient(net, lambda m, penalty=penalty: penalty(m, x, yt, loss))
         assert_close(got, want, atol=ATOL * max(1.0, np.max(np.abs(want)))), name
 
@@ -293,8 +305,10 @@ def test_gc_penalty_equals_the_mlp_reference():
     params = mlp.init(rng)
     X = rng.normal(size=(7, 4))
     net = mlp_module(mlp, params)
-    assert_close(float(penalties.geometric_complexity(net, torch.as_tensor(X)).detach()),
-                 gcref.geometric_complexity(mlp, params, X))
+    assert_close(
+        float(penalties.geometric_complexity(net, torch.as_tensor(X)).detach()),
+        gcref.geometric_complexity(mlp, params, X),
+    )
 
 
 # -- probes ---------------------------------------------------------------------------------
@@ -326,7 +340,9 @@ def test_probe_penalty_is_unbiased_within_its_standard_error(probe):
 def train(penalty, lam, steps=40, seed=14):
     """SGD on a small regression problem; the GC of the trained net on its training data."""
     rng = np.random.default_rng(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).double()
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    ).double()
     fill(net, seed, scale=1.0)
     x = torch.as_tensor(rng.uniform(-2, 2, size=(32, 2)))
     y = torch.sin(2 * x[:, :1]) * torch.cos(x[:, 1:])
@@ -365,7 +381,9 @@ def test_return_output_is_the_forward_pass_of_the_step():
     bn = net[1]
     for fn in (
         lambda: penalties.geometric_complexity(net, x, return_output=True),
-        lambda: penalties.estimate_dirichlet_energy(net, x, np.random.default_rng(0), return_output=True),
+        lambda: penalties.estimate_dirichlet_energy(
+            net, x, np.random.default_rng(0), return_output=True
+        ),
         lambda: penalties.igr_full_batch(net, x, y, LOSS, return_output=True),
         lambda: penalties.igr_per_example(net, x, y, LOSS, return_output=True),
     ):
@@ -415,7 +433,11 @@ def test_a_compiled_step_runs_the_penalties_eagerly_with_the_eager_gradients():
         net.zero_grad()
         value = fn(x, y)
         value.backward()
-        grads.append(np.concatenate([[float(value.detach())]] + [p.grad.numpy().ravel() for p in net.parameters()]))
+        grads.append(
+            np.concatenate(
+                [[float(value.detach())]] + [p.grad.numpy().ravel() for p in net.parameters()]
+            )
+        )
     assert_close(grads[1], grads[0])
 
 

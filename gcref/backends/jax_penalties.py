@@ -34,8 +34,8 @@ Index conventions: ``n`` examples, ``k`` outputs, ``P`` probes per example.
 from __future__ import annotations
 
 from gcref._checks import check_positive_int
-from gcref.models import PROBES
 from gcref.losses import get_loss
+from gcref.models import PROBES
 
 EXAMPLES = ("independent", "coupled")
 
@@ -221,7 +221,9 @@ def native_targets(loss, y, n, k, dtype):
     elif y.ndim == 1 and (k == 1 or loss.name == "logistic"):
         y = y[:, None]
     if y.shape != (n, k):
-        raise ValueError(f"y must have shape ({n}, {k}) for the {loss.name or 'given'} loss; got {y.shape}")
+        raise ValueError(
+            f"y must have shape ({n}, {k}) for the {loss.name or 'given'} loss; got {y.shape}"
+        )
     return y.astype(dtype)
 
 

@@ -43,13 +43,17 @@ Index conventions: ``n`` examples, ``k`` outputs (the module's output flattened 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from gcref._checks import check_positive_int, check_rng
-from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
-from gcref.models import PROBES, draw_probes
+from gcref.backends.torch_layers import (
+    NORM_METHODS,
+    compute_dtype,
+    record_forward,
+    rule_layers,
+)
 from gcref.losses import get_loss
+from gcref.models import PROBES, draw_probes
 
 EXAMPLES = ("auto", "independent", "coupled")
 
@@ -82,20 +86,20 @@ def geometric_complexity(module, x, *, examples="auto", return_output=False):
     gives row o of every example's Jacobian). Coupled: one batched backward pass over
     the n k cotangents ``e_{m,o}``, keeping each example's own block.
     """
-    torch, x, examples = _start(module, x, examples)
+    examples = _start(module, x, examples)
     x = x.detach().requires_grad_(True)
     f = _forward(module, x)
     n, k = f.shape
     if examples == "coupled":
         basis = torch.eye(n * k, dtype=f.dtype, device=f.device).reshape(n * k, n, k)
-        rows = _own_rows(_input_grad(torch, f, x, basis, batched=True), n, k)
+        rows = _own_rows(_input_grad(f, x, basis, batched=True), n, k)
         total = _sq_sum(rows)
     else:
         total = 0
         for o in range(k):
             c = torch.zeros_like(f)
             c[:, o] = 1
-            total = total + _sq_sum(_input_grad(torch, f, x, c, batched=False))
+            total = total + _sq_sum(_input_grad(f, x, c, batched=False))
     return _finish(module, total, n, f, return_output)
 
 
@@ -135,7 +139,7 @@ def estimate_geometric_complexity(
     n_probes = check_positive_int(n_probes, "n_probes")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
-    torch, x, examples = _start(module, x, examples)
+    examples = _start(module, x, examples)
     x = x.detach().requires_grad_(True)
     f = _forward(module, x)
     n, k = f.shape
@@ -146,12 +150,12 @@ def estimate_geometric_complexity(
         cotangents = (v.transpose(0, 1)[:, :, None, :] * eye[None, :, :, None]).reshape(
             n_probes * n, n, k
         )
-        rows = _own_rows(_input_grad(torch, f, x, cotangents, batched=True), n, n_probes, outer=True)
+        rows = _own_rows(_input_grad(f, x, cotangents, batched=True), n, n_probes, outer=True)
         total = _sq_sum(rows)
     else:
         total = 0
         for p in range(n_probes):
-            total = total + _sq_sum(_input_grad(torch, f, x, v[:, p, :], batched=False))
+            total = total + _sq_sum(_input_grad(f, x, v[:, p, :], batched=False))
     scale = k if probe == "sphere" else 1
     return _finish(module, total * (scale / n_probes), n, f, return_output)
 
@@ -182,7 +186,7 @@ def igr_full_batch(module, x, y, loss, *, return_output=False):
     function of the batch. Under DDP, ``grad L_B`` is that of the union of the shards.
     """
     loss = get_loss(loss)
-    torch, x, _ = _start(module, x, "independent")
+    _start(module, x, "independent")
     params = _trainable(module)
     f = _forward(module, x)
     n, k = f.shape
@@ -201,7 +205,9 @@ def igr_full_batch(module, x, y, loss, *, return_output=False):
 
 
 @torch.compiler.disable
-def igr_per_example(module, x, y, loss, *, examples="auto", norm_method="auto", return_output=False):
+def igr_per_example(
+    module, x, y, loss, *, examples="auto", norm_method="auto", return_output=False
+):
     """``(1/n) sum_n ||grad_theta l_n||^2`` over the batch, with its graph.
 
     Parameters
@@ -237,7 +243,7 @@ def igr_per_example(module, x, y, loss, *, examples="auto", norm_method="auto", 
     loss = get_loss(loss)
     if norm_method not in NORM_METHODS:
         raise ValueError(f"unknown norm_method {norm_method!r}; expected one of {NORM_METHODS}")
-    torch, x, examples = _start(module, x, examples)
+    examples = _start(module, x, examples)
     trainable = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("module has no parameter that requires grad: the IGR penalty needs one")
@@ -288,8 +294,6 @@ def native_targets(loss, y, n, k, like):
     at every step): :func:`torch.nn.functional.one_hot` refuses class indices out of
     range, the other losses take the values as given.
     """
-    import torch
-
     if not isinstance(y, torch.Tensor):
         raise TypeError(f"y must be a torch.Tensor; got {type(y).__name__}")
     if y.shape[:1] != (n,):
@@ -304,7 +308,9 @@ def native_targets(loss, y, n, k, like):
     elif name == "logistic" and y.shape == (n, 1):
         pass
     if tuple(y.shape) != (n, k):
-        raise ValueError(f"y must have shape ({n}, {k}) for the {name or 'given'} loss; got {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have shape ({n}, {k}) for the {name or 'given'} loss; got {tuple(y.shape)}"
+        )
     return y.to(device=like.device, dtype=like.dtype)
 
 
@@ -312,9 +318,7 @@ def native_targets(loss, y, n, k, like):
 
 
 def _start(module, x, examples):
-    """Check the arguments; ``(torch, x, "independent" or "coupled")``."""
-    import torch
-
+    """Check the arguments; ``"independent"`` or ``"coupled"``."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -324,22 +328,25 @@ def _start(module, x, examples):
     if not x.is_floating_point():
         raise TypeError(f"x must have a floating dtype; got {x.dtype}")
     if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must hold at least one example, shape (n, *input_shape); got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must hold at least one example, shape (n, *input_shape); got {tuple(x.shape)}"
+        )
     if examples not in EXAMPLES:
         raise ValueError(f"unknown examples {examples!r}; expected one of {EXAMPLES}")
-    _refuse_compiled(torch, module)
+    _refuse_compiled(module)
     if examples == "auto":
         examples = "coupled" if uses_batch_statistics(module) else "independent"
-    return torch, x, examples
+    return examples
 
 
-def _refuse_compiled(torch, module):
-    """A clear error under ``torch.compile``, which cannot differentiate its graphs twice.
+def _refuse_compiled(module):
+    """A clear error for a compiled module, whose graphs cannot be differentiated twice.
 
-    Measured with torch 2.13: a compiled module, or a compiled function calling a
-    penalty, fails at ``backward()`` with "torch.compile with aot_autograd does not
-    currently support double backward", and the recorded forward pass of the per-example
-    penalty inside a compiled function returned 0 instead of the penalty.
+    Measured with torch 2.13: every penalty of a compiled module, and every penalty traced
+    inside a compiled function, fails at ``backward()`` with "torch.compile with
+    aot_autograd does not currently support double backward" (and the per-example
+    penalty traced inside a compiled function returned 0). The public penalties are
+    therefore ``torch.compiler.disable``-d: inside a compiled function they run eagerly.
     """
     # torch.compile(module) wraps it with the original as submodule "_orig_mod";
     # module.compile() sets "_compiled_call_impl" (dictionary look-ups: no __getattr__).
@@ -376,17 +383,17 @@ def _trainable(module):
 
 def _forward(module, x):
     """``module(x)`` as ``(n, k)``; a clear error for another output."""
-    import torch
-
     with torch.enable_grad():
         out = module(x)
     if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != x.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"module must return one tensor of shape (n, ...) for n = {x.shape[0]}; got {shape}")
+        raise ValueError(
+            f"module must return one tensor of shape (n, ...) for n = {x.shape[0]}; got {shape}"
+        )
     return out.reshape(x.shape[0], -1)
 
 
-def _input_grad(torch, f, x, cotangent, *, batched):
+def _input_grad(f, x, cotangent, *, batched):
     (g,) = torch.autograd.grad(
         f, x, cotangent, retain_graph=True, create_graph=True, is_grads_batched=batched
     )
@@ -400,7 +407,7 @@ def _own_rows(g, n, m, outer=False):
     ``outer``, ``(m, n)`` order when ``outer``; returns the rows ``[cotangent (j, i), i]``.
     """
     g = g.reshape(m, n, n, -1) if outer else g.reshape(n, m, n, -1)
-    idx = np.arange(n)
+    idx = torch.arange(n, device=g.device)
     return g[:, idx, idx] if outer else g[idx, :, idx]
 
 
@@ -410,8 +417,6 @@ def _sq_sum(t):
 
 def _finish(module, total, n, f, return_output):
     """``total / n`` (over the union of the shards under DDP), with or without ``f``."""
-    import torch
-
     total = compute_dtype(total if isinstance(total, torch.Tensor) else torch.as_tensor(total))
     total = total.to(compute_dtype(f).dtype)
     count = torch.tensor(float(n), dtype=total.dtype, device=total.device)
@@ -422,8 +427,6 @@ def _finish(module, total, n, f, return_output):
 
 
 def _distributed(module):
-    import torch
-
     dist = torch.distributed
     return (
         dist.is_available()
@@ -447,7 +450,6 @@ _ALL_REDUCE = []
 
 def _all_reduce_function():
     if not _ALL_REDUCE:
-        import torch
 
         class AllReduceSum(torch.autograd.Function):
             @staticmethod
