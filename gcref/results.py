@@ -134,7 +134,7 @@ class GradNorms(_Record):
 
     def _mlp_columns(self, prefix):
         cols = [j for j, name in enumerate(self.names) if name.startswith(prefix)]
-        if 2 * len(cols) != len(self.names):
+        if self.names != tuple(f"{k}_{i}" for i in range(1, len(self.names) // 2 + 1) for k in "Wb"):
             raise ValueError(
                 "weights and biases are defined for the parameters of a gcref.MLP "
                 "(W_1, b_1, ...); use per_parameter and names for this model"

@@ -35,11 +35,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
 
 import gcref
-from conftest import require_backend
 from gcref import models
 from gcref.testing import strategies as gst
 from gcref.tolerances import relative_deviation

@@ -10,20 +10,24 @@ loop of ``torch.autograd.grad`` (the obviously correct reference).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-from conftest import require_backend
+import gcref
 
-require_backend("torch")
+# Without torch the module skips, except under CI, where the import below fails the run.
+if "torch" not in gcref.available_backends() and not os.environ.get("CI"):
+    pytest.skip("backend 'torch' is not installed", allow_module_level=True)
 
-import torch  # noqa: E402
+import torch
 
-import gcref.models as gm  # noqa: E402
-from gcref import tolerance  # noqa: E402
-from gcref.backends import torch_layers  # noqa: E402
-from gcref.backends.torch_layers import NORM_RULES, register_norm_rule, rule_layers  # noqa: E402
-from gcref.backends.torch_model import TorchModel  # noqa: E402
+import gcref.models as gm
+from gcref import tolerance
+from gcref.backends import torch_layers
+from gcref.backends.torch_layers import NORM_RULES, register_norm_rule, rule_layers
+from gcref.backends.torch_model import TorchModel
 
 RTOL, ATOL = tolerance(np.float64)
 
