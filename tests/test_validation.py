@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import gcref  # noqa: E402
+from conftest import require_backend  # noqa: E402
 from validation import _stats, double_descent, experiment_names, load, min_norm  # noqa: E402
 from validation.__main__ import main  # noqa: E402
 from validation._report import VERDICTS, Runs, plain, write_json_atomically  # noqa: E402
@@ -377,6 +378,21 @@ def test_double_descent_gradient_is_gcrefs():
     for mine, reference in zip((g for pair in ours for g in pair),
                                (g for pair in theirs for g in pair)):
         np.testing.assert_allclose(mine, reference, rtol=1e-12, atol=1e-14)
+
+
+def test_double_descent_torch_adam_is_the_numpy_adam():
+    require_backend("torch")
+    rng = np.random.default_rng(2)
+    mlp = gcref.MLP([5, 7, 10], activation="relu")
+    params = mlp.init(rng, "he_normal", bias="normal")
+    X, Y = rng.normal(size=(9, 5)), rng.normal(size=(9, 10))
+    ours = double_descent.adam(params, X, Y, steps=25, lr=0.01)
+    theirs = double_descent.adam_torch(params, X, Y, steps=25, lr=0.01, device="cpu")
+    for mine, reference in zip((a for pair in ours for a in pair),
+                               (a for pair in theirs for a in pair)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-10, atol=1e-12)
+    moved = max(np.max(np.abs(a - b)) for pa, pb in zip(ours, params) for a, b in zip(pa, pb))
+    assert moved > 1e-3  # the comparison is between trained parameters, not the start
 
 
 def test_double_descent_flips_exactly_the_noisy_labels():

@@ -17,8 +17,8 @@ the training inputs (MATH.md section 2), after training.
 
 The gradient of this two-layer network is written out in NumPy (``squared_loss_grad``)
 rather than taken from gcref.loss_grad: the same numbers (tests/test_validation.py checks
-them against gcref) at a third of the time, which is what lets the full sweep train to
-near-interpolation within ten minutes on two cores.
+them against gcref) at a third of the time. With ``--device cuda`` the same Adam runs in
+torch (float64) on the GPU (``adam_torch``, checked against the NumPy loop on the CPU).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ QUICK = {"num_samples": 400, "n_train": 100, "noise": 0.15, "widths": [4, 16, 64
 FULL = {"num_samples": 5000, "n_train": 2000, "noise": 0.15,
         "widths": [8, 16, 32, 64, 128, 256, 512, 1024], "steps": 3000, "lr": 0.002, "seeds": 3}
 
+USES_DEVICE = True
 N_CLASSES = 10
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 OCTAVES = 1.0
@@ -112,6 +113,33 @@ def adam(params, X, Y, *, steps, lr):
     return pair_up(flat)
 
 
+def adam_torch(params, X, Y, *, steps, lr, device):
+    """:func:`adam` in torch (float64) on ``device``: the same updates, for a GPU."""
+    import torch
+
+    def tensor(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.float64, device=device)
+
+    flat = [tensor(a).clone() for pair in params for a in pair]
+    X, Y = tensor(X), tensor(Y)
+    m = [torch.zeros_like(a) for a in flat]
+    v = [torch.zeros_like(a) for a in flat]
+    b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
+    for t in range(1, steps + 1):
+        W1, c1, W2, c2 = flat
+        Z = X @ W1.T + c1
+        A = torch.clamp(Z, min=0.0)
+        R = (A @ W2.T + c2 - Y) / len(X)
+        D = (R @ W2) * (Z > 0).to(Z.dtype)
+        grads = (D.T @ X, D.sum(dim=0), R.T @ A, R.sum(dim=0))
+        for a, g, mi, vi in zip(flat, grads, m, v):
+            mi.mul_(b1).add_((1 - b1) * g)
+            vi.mul_(b2).add_((1 - b2) * g * g)
+            a.sub_(lr * (1 - (t - 1) / steps) * (mi / (1 - b1**t))
+                   / (torch.sqrt(vi / (1 - b2**t)) + eps))
+    return pair_up([a.cpu().numpy() for a in flat])
+
+
 def pair_up(flat):
     """``[W1, b1, W2, b2]`` as ``((W1, b1), (W2, b2))``."""
     return tuple((flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
@@ -141,8 +169,9 @@ def peak(table):
     return best
 
 
-def one_run(settings, pool, width, run_seed):
-    """Train one width on the seed's noisy subset; its errors, losses and GC."""
+def one_run(settings, pool, width, run_seed, device="cpu"):
+    """Train one width on the seed's noisy subset (NumPy on ``"cpu"``, else torch on
+    ``device``); its errors, losses and GC."""
     X_pool, y_pool, X_test, y_test = pool
     n_train = settings["n_train"]
     X, labels, flipped = noisy_subset(X_pool, y_pool, n_train, settings["noise"],
@@ -150,8 +179,12 @@ def one_run(settings, pool, width, run_seed):
     clean = np.setdiff1d(np.arange(n_train), flipped)
     Y, Y_test = np.eye(N_CLASSES)[labels], np.eye(N_CLASSES)[y_test]
     mlp = gcref.MLP([X.shape[1], width, N_CLASSES], activation="relu")
-    params = adam(mlp.init(np.random.default_rng([run_seed, width]), "he_normal", bias="zero"),
-                  X, Y, steps=settings["steps"], lr=settings["lr"])
+    start = mlp.init(np.random.default_rng([run_seed, width]), "he_normal", bias="zero")
+    if device == "cpu":
+        params = adam(start, X, Y, steps=settings["steps"], lr=settings["lr"])
+    else:
+        params = adam_torch(start, X, Y, steps=settings["steps"], lr=settings["lr"],
+                            device=device)
     return {"test_error": error(mlp, params, X_test, y_test),
             "train_error": error(mlp, params, X, labels),
             "train_error_clean": error(mlp, params, X[clean], labels[clean]),
@@ -174,7 +207,8 @@ def run(settings, seed, context):
     for i, run_seed in enumerate(seeds):
         for j, width in enumerate(widths):
             key = f"H={width},seed={run_seed}"
-            records[key] = context.runs.get(key, one_run, settings, pool, width, run_seed)
+            records[key] = context.runs.get(key, one_run, settings, pool, width, run_seed,
+                                            context.device)
             context.progress(i * len(widths) + j + 1, len(widths) * len(seeds),
                              f"seed {run_seed} H={width}")
     out = {name: np.array([[records[f"H={w},seed={s}"][name] for s in seeds] for w in widths])
