@@ -18,15 +18,17 @@ with the batch's statistics and couples the examples: ``f_n`` depends on every `
 of the batch. The penalties then keep the definition, with the batch statistics as they
 are in the forward pass: ``J(x_n) = d f_n / d x_n`` and ``grad_theta l_n`` are derivatives
 of the batch's function, and they are computed exactly by backward passes batched over
-one-hot cotangents (``torch.autograd.grad(..., is_grads_batched=True)``), at a cost of
-n times (GC: n k times) one backward pass, vectorised.
+one-hot cotangents (``torch.autograd.grad(..., is_grads_batched=True)``): n k of them
+for GC, n P for its probe estimate, n for the per-example IGR penalty, vectorised.
 
 ``examples`` chooses: ``"auto"`` treats the examples as coupled when a BatchNorm uses
 batch statistics and as independent otherwise; ``"independent"`` and ``"coupled"``
 force one. A layer of your own that mixes examples is not detected: pass
 ``examples="coupled"``. ``"independent"`` on a coupled model computes the gradient of
 ``sum_m f_m`` with respect to ``x_n`` in place of ``d f_n / d x_n`` (what the Jacobian
-regulariser of Hoffman et al. does in training mode), which is not GC.
+regulariser of Hoffman et al. does in training mode), which is not GC. The per-example
+IGR penalty gives the exact value either way: the norm rule of BatchNorm declines
+training mode, which sends it to the batched backward passes.
 
 Under ``DistributedDataParallel``
 ---------------------------------
@@ -35,7 +37,20 @@ initialised) each process passes its own shard of the batch; the penalty is the 
 of the union of the shards on every process, through differentiable all-reductions
 (an all-reduce whose backward all-reduces the cotangents), so that after DDP averages the
 gradients every process holds the gradient that one process would compute on the
-whole batch, for shards of any sizes.
+whole batch, for shards of any sizes (tested with two gloo processes). This holds for
+models whose examples are independent; a BatchNorm in training mode normalises each
+shard by its own statistics, as it always does under DDP. DDP also requires every
+parameter to receive a gradient in ``backward()``: GC alone does not reach the output
+layer's bias, the loss it is added to does.
+
+Under ``torch.compile``
+-----------------------
+The penalties differentiate the forward pass twice (``create_graph``), which
+torch.compile's aot_autograd does not support (measured with torch 2.13: "torch.compile
+with aot_autograd does not currently support double backward", for every penalty). They
+are therefore excluded from compilation (``torch.compiler.disable``): inside a compiled
+training step they run eagerly, as a graph break, with the eager values and gradients,
+and a compiled module is refused with that reason.
 
 Index conventions: ``n`` examples, ``k`` outputs (the module's output flattened to
 ``(n, k)``), ``P`` probes per example; ``theta`` the parameters that require grad.
