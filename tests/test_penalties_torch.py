@@ -270,6 +270,46 @@ def test_batchnorm_in_training_mode_is_detected_and_matters():
     )
     independent = float(penalties.geometric_complexity(net, x, examples="independent").detach())
     assert abs(independent - coupled) > 1e-3 * coupled
+    # The per-example IGR penalty is exact either way (BatchNorm's rule declines training mode).
+    y = torch.as_tensor(np.random.default_rng(25).integers(0, 3, size=N))
+    want = loop_references(net, x, y, 5)["igr-per-example"]
+    for examples in ("independent", "coupled"):
+        value = penalties.igr_per_example(net, x, y, LOSS, examples=examples)
+        assert_close(float(value.detach()), want)
+
+
+class RuledScale(Scale):
+    """:class:`Scale` with a norm rule of its own, registered by the test that uses it."""
+
+
+def test_a_registered_rule_is_differentiated_like_the_built_in_ones():
+    """A user's rule feeds the per-example penalty and its gradient (against the batched fallback)."""
+    from gcref.backends import torch_layers
+
+    calls = []
+
+    def scale_rule(module, a, g, context):
+        calls.append(module)
+        return {"weight": (g * a).reshape(a.shape[0], -1).double().square().sum(dim=1)}
+
+    torch_layers.register_norm_rule(RuledScale, scale_rule)
+    try:
+        net = torch.nn.Sequential(
+            torch.nn.Linear(3, 4), RuledScale(4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+        )
+        net = fill(net.double(), 26)
+        rng = np.random.default_rng(27)
+        x = torch.as_tensor(rng.normal(size=(N, 3)))
+        y = torch.as_tensor(rng.integers(0, 2, size=N))
+        by_rule = penalty_gradient(net, lambda m: penalties.igr_per_example(m, x, y, LOSS))
+        assert calls
+        batched = penalty_gradient(
+            net, lambda m: penalties.igr_per_example(m, x, y, LOSS, norm_method="vmap")
+        )
+        assert_close(by_rule[0], batched[0])
+        assert_close(by_rule[1], batched[1])
+    finally:
+        torch_layers.NORM_RULES.pop(RuledScale)
 
 
 # -- MLPs against the NumPy reference -------------------------------------------------------
