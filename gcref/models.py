@@ -44,6 +44,7 @@ Index conventions: ``N`` examples, ``k`` outputs, ``d`` input features (the prod
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 
@@ -154,6 +155,23 @@ def _is_torch_module(model):
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
+def _measure(fn):
+    """Run the measure ``fn`` on the adapter of its model, inside one adapter session.
+
+    The model is wrapped once (:func:`wrap`) and every chunk of the call runs inside
+    :meth:`~gcref.backends.adapter.ModelAdapter.session`, where adapters do once what
+    does not change from chunk to chunk (mode switches, placement, the list of theta).
+    """
+
+    @functools.wraps(fn)
+    def measure(model, *args, params=None, backend=None, **kwargs):
+        adapter = wrap(model, params, backend)
+        with adapter.session():
+            return fn(adapter, *args, **kwargs)
+
+    return measure
+
+
 def _spec(input_key, target_key, batch_fn, progress):
     return DataSpec(input_key, target_key, batch_fn, progress)
 
@@ -212,6 +230,7 @@ def _settings(adapter, spec, **extra):
 # -- geometric complexity -------------------------------------------------------------------
 
 
+@_measure
 def geometric_complexity(
     model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -269,6 +288,7 @@ def geometric_complexity(
     return Complexity(value, local, _settings(adapter, spec, chunk_size=chunk_size, mode=mode))
 
 
+@_measure
 def dirichlet_energy(
     model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -302,6 +322,7 @@ def draw_probes(rng, probe, shape):
     return v
 
 
+@_measure
 def estimate_geometric_complexity(
     model, data, rng, *, params=None, backend=None, n_probes=1, probe="gaussian", chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -369,6 +390,7 @@ def estimate_geometric_complexity(
 # -- per-example gradient norms -------------------------------------------------------------
 
 
+@_measure
 def output_grad_sq_norms(
     model, data, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -401,6 +423,7 @@ def output_grad_sq_norms(
     return GradNorms(np.concatenate(rows), adapter.parameter_names(), settings)
 
 
+@_measure
 def loss_grad_sq_norms(
     model, data, loss, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -461,6 +484,7 @@ def _as_numpy_vector(adapter, native):
     return np.asarray(adapter.to_numpy(native), dtype=np.float64)
 
 
+@_measure
 def mean_loss(
     model, data, loss, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -479,6 +503,7 @@ def mean_loss(
     return float(total / count)
 
 
+@_measure
 def loss_grad(
     model, data, loss, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -493,6 +518,7 @@ def loss_grad(
     return _as_numpy_vector(adapter, grad) / count
 
 
+@_measure
 def loss_hvp(
     model, data, loss, vector, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -558,6 +584,7 @@ def _each_minibatch(adapter, data, batch_size, spec):
         yield j, batch
 
 
+@_measure
 def igr_terms(
     model, data, loss, *, params=None, backend=None, batch_size=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -631,6 +658,7 @@ def _check_h(h):
     return check_finite_scalar(h, "h", nonnegative=True)
 
 
+@_measure
 def modified_loss_gd(
     model, data, loss, h, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -652,6 +680,7 @@ def modified_loss_gd(
     return float(total / count + h / 4 * adapter.vector_sq_norm(grad) / count**2)
 
 
+@_measure
 def modified_loss_gd_grad(
     model, data, loss, h, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -696,6 +725,7 @@ def _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, with_hvp):
             yield total, grad, count, None
 
 
+@_measure
 def modified_loss_sgd(
     model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -727,6 +757,7 @@ def modified_loss_sgd(
     return float(loss_sum / n + h / (4 * len(terms)) * sum(terms))
 
 
+@_measure
 def modified_loss_sgd_grad(
     model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -754,6 +785,7 @@ def modified_loss_sgd_grad(
 FORMS = ("gradient", "residual")
 
 
+@_measure
 def modified_loss_per_example(
     model, data, loss, h, *, params=None, backend=None, form="gradient", chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,
@@ -803,6 +835,7 @@ def modified_loss_per_example(
     return float(loss_sum / count + h / (4 * count) * penalty)
 
 
+@_measure
 def modified_loss_per_example_grad(
     model, data, loss, h, *, params=None, backend=None, chunk_size=256,
     input_key=None, target_key=None, batch_fn=None, progress=None,

@@ -157,3 +157,24 @@ def test_a_jax_model_called_on_the_wrong_width_is_named(jnp):
         models.geometric_complexity(linear, np.ones((4, 5)), params=params)
     with pytest.raises(ValueError, match=r"data batch 1: apply\(params, x\) cannot be called"):
         models.output_grad_sq_norms(linear, [np.ones((4, 3)), np.ones((4, 5))], params=params)
+
+
+def test_a_measure_switches_modes_once_per_call_not_per_chunk(torch):
+    """Issue 17 item 1: mode toggles and the scans for placement and theta, once per call."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    net.train()
+    calls = []
+    original = net.eval
+    net.eval = lambda: calls.append("eval") or original()
+    X, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    for measure in (
+        lambda: models.geometric_complexity(net, X, chunk_size=4),
+        lambda: models.loss_grad_sq_norms(net, (X, y), "softmax_cross_entropy", chunk_size=4),
+        lambda: models.igr_terms(net, (X, y), "softmax_cross_entropy", batch_size=8, chunk_size=4),
+        lambda: models.loss_hvp(net, (X, y), "softmax_cross_entropy",
+                                np.ones(models.parameter_vector(net).size), chunk_size=4),
+    ):
+        calls.clear()
+        measure()
+        assert calls == ["eval"]
+        assert all(m.training for m in net.modules())

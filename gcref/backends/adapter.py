@@ -16,6 +16,8 @@ df/dx`` of shape ``(k, d)``; ``J_theta(x) = df/dtheta`` of shape ``(k, p)``.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 __all__ = ["ModelAdapter"]
@@ -64,6 +66,15 @@ class ModelAdapter:
         from gcref.tolerances import tolerance
 
         return tolerance(np.float32)
+
+    def session(self):
+        """A context for one measure call: work done once, not per chunk.
+
+        The measures of :mod:`gcref.models` run every chunk of a call inside it. Adapters
+        use it to switch modes, place parameters and find theta once (see
+        :meth:`gcref.backends.torch_model.TorchModel.session`); the default does nothing.
+        """
+        return contextlib.nullcontext(self)
 
     def check_batch(self, X, name):
         """Validate one batch before it is cut into chunks; return it (possibly converted).

@@ -100,6 +100,8 @@ class TorchModel(ModelAdapter):
         self._torch = torch
         self.module = module
         self.norm_method = norm_method
+        self._cache = None  # what a session found once: see session()
+        self._depth = 0
 
     def __repr__(self):
         return f"TorchModel({type(self.module).__name__}, norm_method={self.norm_method!r})"
@@ -114,7 +116,48 @@ class TorchModel(ModelAdapter):
             return tolerance(np.float64 if dtype == self._torch.float64 else np.float32)
         return 2e-2, 1e-2  # half precision: about 3 significant digits
 
+    @contextlib.contextmanager
+    def session(self):
+        """One measure call: inference mode, placement and theta found once, not per chunk.
+
+        Inside, each chunk's primitives skip the mode switch (one ``eval()`` and one
+        restore of every submodule's ``training`` flag per call), the scan of parameters
+        and buffers for the device and dtype, the list of trainable parameters and the
+        detached copy of the parameters. Re-entrant; the module must not change inside.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+            return
+        self._refuse_batch_statistics()
+        flags = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        self._cache = {}
+        self._depth = 1
+        try:
+            yield self
+        finally:
+            self._depth = 0
+            self._cache = None
+            for m, training in flags:
+                m.training = training
+
+    def _cached(self, key, compute):
+        if self._cache is None:
+            return compute()
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
     def check_batch(self, X, name):
+        if self._cache is None:
+            self._refuse_batch_statistics()
+        return X
+
+    def _refuse_batch_statistics(self):
         """Refuse layers that normalise by batch statistics even in inference mode."""
         for m_name, m in self.module.named_modules():
             if isinstance(m, self._torch.nn.modules.batchnorm._BatchNorm) and (
@@ -128,10 +171,12 @@ class TorchModel(ModelAdapter):
                     "with track_running_stats=True (and train it), or replace it by a "
                     "per-example normalisation (nn.GroupNorm, nn.LayerNorm)"
                 )
-        return X
 
     def _placement(self):
         """The device and dtype inputs are converted to: those of the first floating parameter."""
+        return self._cached("placement", self._find_placement)
+
+    def _find_placement(self):
         torch = self._torch
         for t in list(self.module.parameters()) + list(self.module.buffers()):
             if t.is_floating_point():
@@ -140,6 +185,9 @@ class TorchModel(ModelAdapter):
 
     def _trainable(self):
         """``[(name, parameter)]`` of theta, in ``module.parameters()`` order."""
+        return self._cached("trainable", self._find_trainable)
+
+    def _find_trainable(self):
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(
@@ -198,7 +246,11 @@ class TorchModel(ModelAdapter):
 
     @contextlib.contextmanager
     def _inference(self):
-        """``eval()`` inside, every submodule's training flag restored after."""
+        """``eval()`` inside, every submodule's training flag restored after (once per
+        session when there is one)."""
+        if self._depth:
+            yield
+            return
         flags = [(m, m.training) for m in self.module.modules()]
         self.module.eval()
         try:
@@ -209,7 +261,9 @@ class TorchModel(ModelAdapter):
 
     def _detached_function(self):
         """``x -> module(x)`` with parameters detached: derivatives reach the input only."""
-        detached = {n: p.detach() for n, p in self.module.named_parameters()}
+        detached = self._cached(
+            "detached", lambda: {n: p.detach() for n, p in self.module.named_parameters()}
+        )
         return lambda x: self._torch.func.functional_call(self.module, detached, (x,))
 
     # -- input Jacobians -------------------------------------------------------------------
