@@ -101,12 +101,12 @@ PEERS = {"BackPACK": ("backpack", "backpack-for-pytorch"), "Opacus": ("opacus", 
 #: Agreement with gcref required before an alternative's time is reported, per dtype.
 AGREEMENT_RTOL = {"float64": 1e-9, "float32": 1e-3, "bfloat16": 1e-1}
 
-CPU_SETTING = dict(n=256, width=8, image_size=32, batch_size=128, loop_n=32, alt_n=None,
-                   check_n=32, repeats=5, min_seconds=40, threads=1)
-FULL_SETTING = dict(n=50_000, width=64, image_size=32, batch_size=256, loop_n=256,
-                    alt_n=10_000, check_n=256, repeats=3, min_seconds=0, threads=None)
-QUICK_SETTING = dict(n=32, width=2, image_size=8, batch_size=16, loop_n=4, alt_n=None,
-                     check_n=8, repeats=1, min_seconds=0, threads=1)
+CPU_SETTING = {"n": 256, "width": 8, "image_size": 32, "batch_size": 128, "loop_n": 32,
+               "alt_n": None, "check_n": 32, "repeats": 5, "min_seconds": 40, "threads": 1}
+FULL_SETTING = {"n": 50_000, "width": 64, "image_size": 32, "batch_size": 256, "loop_n": 256,
+                "alt_n": 10_000, "check_n": 256, "repeats": 3, "min_seconds": 0, "threads": None}
+QUICK_SETTING = {"n": 32, "width": 2, "image_size": 8, "batch_size": 16, "loop_n": 4,
+                 "alt_n": None, "check_n": 8, "repeats": 1, "min_seconds": 0, "threads": 1}
 MAX_ROUNDS = 25
 
 
@@ -321,7 +321,6 @@ def loop_methods(model, X, y, probe_seed):
 
 def torch_func_methods(model, X, y, chunk_size, probe_seed):
     """``torch.func`` on ``functional_call``: vmap of jacrev, of grad of ``v . f``, of grad of l."""
-    import torch
     import torch.nn.functional as F
     from torch.func import functional_call, grad, jacrev, vmap
 
@@ -442,13 +441,15 @@ def hvp_methods(model, X, y, chunk_size, probe_seed):
         logits = functional_call(model, (dict(zip(names, theta)), buffers), (x,))
         return F.cross_entropy(logits, labels, reduction="sum")
 
+    def gradient_at(x, labels):
+        return lambda *theta: grad(summed_loss)(theta, x, labels)
+
     def forward_over_reverse(n):
         model.eval()
         primals = tuple(p.detach() for p in params)
         total = [torch.zeros_like(p) for p in params]
         for a, b in chunks(n, chunk_size):
-            _, hv = jvp(lambda *theta: grad(summed_loss)(theta, X[a:b], y[a:b]),
-                        primals, tuple(pieces))
+            _, hv = jvp(gradient_at(X[a:b], y[a:b]), primals, tuple(pieces))
             total = [t + h for t, h in zip(total, hv)]
         return flat(total) / n
 
