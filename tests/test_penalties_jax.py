@@ -348,6 +348,8 @@ def test_bad_input_raises_a_clear_error():
         penalties.igr_per_example(apply, x, y, LOSS, params=params, norm_method="gram")
     with pytest.raises(ValueError, match="unknown examples"):
         penalties.geometric_complexity(apply, x, params=params, examples="auto")
+    with pytest.raises(TypeError, match="PRNG key"):
+        penalties.estimate_geometric_complexity(apply, x, np.random.default_rng(0), params=params)
     with pytest.raises(ValueError, match="unknown probe"):
         penalties.estimate_geometric_complexity(
             apply, x, jax.random.key(0), params=params, probe="x"

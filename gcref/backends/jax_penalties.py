@@ -33,6 +33,8 @@ Index conventions: ``n`` examples, ``k`` outputs, ``P`` probes per example.
 
 from __future__ import annotations
 
+import numpy as np
+
 from gcref._checks import check_positive_int
 from gcref.losses import get_loss
 from gcref.models import PROBES
@@ -102,6 +104,11 @@ def estimate_geometric_complexity(
     import jax.numpy as jnp
 
     _check_examples(examples)
+    if isinstance(key, np.random.Generator) or not hasattr(key, "dtype"):
+        raise TypeError(
+            f"rng must be a JAX PRNG key (e.g. jax.random.key(0)) for a JAX model; got "
+            f"{type(key).__name__} (a numpy.random.Generator is for torch modules)"
+        )
     n_probes = check_positive_int(n_probes, "n_probes")
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
