@@ -136,8 +136,19 @@ class ModelAdapter:
         raise NotImplementedError
 
     def to_native_vector(self, vector):
-        """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device."""
-        raise NotImplementedError
+        """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device.
+
+        The default keeps it a float64 NumPy array (checked to have one entry per
+        parameter): the native vectors of adapters whose frameworks add vectors on the
+        host.
+        """
+        vector = np.asarray(vector, dtype=np.float64)
+        p = self.parameter_vector().shape[0]
+        if vector.shape != (p,):
+            raise ValueError(
+                f"vector must have shape ({p},), one entry per parameter; got {vector.shape}"
+            )
+        return vector
 
     def to_numpy(self, x):
         """A native array as NumPy (float64 kept)."""

@@ -151,14 +151,5 @@ class MLPModel(ModelAdapter):
     def parameter_vector(self):
         return flatten_params(self.params).astype(np.float64)
 
-    def to_native_vector(self, vector):
-        vector = np.asarray(vector, dtype=np.float64)
-        p = self.mlp.n_params
-        if vector.shape != (p,):
-            raise ValueError(
-                f"vector must have shape ({p},), one entry per parameter; got {vector.shape}"
-            )
-        return vector
-
     def to_numpy(self, x):
         return np.asarray(x)
