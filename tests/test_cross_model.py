@@ -10,7 +10,8 @@ measure is called through the same :mod:`gcref.models` function on
 - ``gcref.nets.torch.mlp_module(mlp, params)``, a float64 ``torch.nn.Module``;
 - ``gcref.nets.jax.mlp_apply_from_gcref(mlp, params)``, a JAX ``apply(params, x)``,
 
-and must equal the numpy reference to float64 rounding: the relative deviation of
+in chunks of a drawn size (one chunk for the JAX kinds), and must equal the numpy
+reference, taken in one chunk, to float64 rounding: the relative deviation of
 :func:`gcref.tolerances.relative_deviation` (the largest entry-wise deviation over the
 largest entry of the reference) at most the float64 ``rtol`` of :func:`gcref.tolerance`.
 Hessian quantities (``loss_hvp`` and the gradients of the modified losses) are compared
@@ -100,7 +101,7 @@ def cross_problems(draw, kind):
             sizes, activation, JAX_BATCH, draw(gst.seeds()),
             scale=draw(st.sampled_from(gst.PARAMETER_SCALES)),
         )
-        batch_size = JAX_MINIBATCH
+        batch_size, chunk_size = JAX_MINIBATCH, 256
     else:
         problem = draw(gst.problems(
             max_depth=3, max_width=5, max_inputs=4, max_outputs=3, max_examples=6,
@@ -108,6 +109,7 @@ def cross_problems(draw, kind):
         ))
         loss = draw(st.sampled_from(losses_for(problem.mlp.output_dim)))
         batch_size = draw(st.integers(1, problem.X.shape[0]))
+        chunk_size = draw(st.sampled_from((1, 2, 3, 256)))
     gst.assume_unsaturated(problem.mlp, problem.params, problem.X)
     rng = np.random.default_rng(draw(gst.seeds()))
     case = {
@@ -115,6 +117,7 @@ def cross_problems(draw, kind):
         "vector": rng.normal(size=problem.mlp.n_params),
         "h": draw(st.sampled_from((0.0, 0.05, 0.5, 2.0))),
         "batch_size": batch_size,
+        "chunk_size": chunk_size,
         "probe_seed": draw(gst.seeds()),
         "n_probes": draw(st.sampled_from((1, 3))),
         "probe": draw(st.sampled_from(models.PROBES)),
@@ -122,9 +125,10 @@ def cross_problems(draw, kind):
     return problem, loss, case
 
 
-def measures(model, kw, problem, loss, case):
+def measures(model, kw, problem, loss, case, chunk_size=256):
     """Every measure of gcref.models on one model, by name (floats, arrays, records)."""
     X, y, h = problem.X, case["y"], case["h"]
+    kw = {**kw, "chunk_size": chunk_size}
     data = (X, y)
     gc = models.geometric_complexity(model, X, per_example=True, **kw)
     out = {
@@ -145,7 +149,9 @@ def measures(model, kw, problem, loss, case):
             model, data, loss, h, batch_size=case["batch_size"], **kw
         ),
         "modified_loss_per_example": models.modified_loss_per_example(model, data, loss, h, **kw),
-        "parameter_vector": models.parameter_vector(model, **kw),
+        "parameter_vector": models.parameter_vector(
+            model, **{k: v for k, v in kw.items() if k != "chunk_size"}
+        ),
     }
     if problem.mlp.output_dim == 1:
         out["modified_loss_per_example.residual"] = models.modified_loss_per_example(
@@ -248,7 +254,7 @@ def test_every_measure_agrees_with_the_numpy_mlp(kind, data):
     problem, loss, case = data.draw(cross_problems(kind), label="problem, loss, case")
     reference = measures(problem.mlp, {"params": problem.params}, problem, loss, case)
     model, kw = model_of(kind, problem.mlp, problem.params)
-    values = reference if kind == "mlp-numpy" else measures(model, kw, problem, loss, case)
+    values = measures(model, kw, problem, loss, case, chunk_size=case["chunk_size"])
 
     check_against_reference(values, reference, kind)
     check_identities(values, problem, loss, case, kind)
