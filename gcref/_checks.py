@@ -104,7 +104,7 @@ def not_an_mlp(mlp, name="mlp"):
     message = f"{name} must be a gcref.MLP; got {type(mlp).__name__}."
     if callable(mlp) or hasattr(mlp, "parameters"):
         message += (
-            " This measure is defined for MLPs only (MATH.md section 1); for your own "
+            " This measure is defined for MLPs only (docs/math.md section 1); for your own "
             "torch.nn.Module or JAX apply function, gcref.models computes GC, its probe "
             "estimate, per-example gradient norms, the IGR terms and Hessian-vector products"
         )

@@ -1,4 +1,4 @@
-"""Backward error analysis, checked numerically (MATH.md section 5).
+"""Backward error analysis, checked numerically (docs/math.md section 5).
 
 One gradient-descent step ``theta_1 = theta_0 - h grad L(theta_0)`` is compared with the
 exact gradient flow ``Phi^F_h(theta_0)`` of the loss F = L and of the modified loss
@@ -170,7 +170,7 @@ def gd_backward_error(mlp, params, X, y, loss, steps=DEFAULT_STEPS, *, substeps=
     -----
     ``||theta_1 - Phi^L_h(theta_0)|| = O(h^2)`` and
     ``||theta_1 - Phi^{L~_GD}_h(theta_0)|| = O(h^3)`` with
-    ``grad L~_GD = grad L + (h/2) H grad L`` (MATH.md section 5).
+    ``grad L~_GD = grad L + (h/2) H grad L`` (docs/math.md section 5).
 
     Examples
     --------
@@ -233,7 +233,7 @@ def sgd_backward_error(mlp, params, X, y, loss, batches, steps=DEFAULT_STEPS, *,
     An epoch in the order ``sigma`` takes ``theta <- theta - h grad L_{B_sigma(j)}(theta)``
     for j = 1..m. The mean endpoint over all orderings is ``O(h^2)`` from
     ``Phi^L_{mh}(theta_0)`` and ``O(h^3)`` from ``Phi^{L~_SGD}_{mh}(theta_0)``, where
-    ``grad L~_SGD = grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}`` (MATH.md section 5).
+    ``grad L~_SGD = grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}`` (docs/math.md section 5).
     """
     steps = _check_steps(steps)
     substeps = check_positive_int(substeps, "substeps")

@@ -1,8 +1,8 @@
-"""The multilayer perceptron of MATH.md section 1: description, initialisers, parameters.
+"""The multilayer perceptron of docs/math.md section 1: description, initialisers, parameters.
 
 Index conventions
 -----------------
-Layers are numbered i = 1..l in MATH.md and stored 0-based in Python lists:
+Layers are numbered i = 1..l in docs/math.md and stored 0-based in Python lists:
 
 - ``params[i - 1] == (W_i, b_i)`` with ``W_i`` of shape ``(n_{i+1}, n_i)``, ``b_i`` of shape ``(n_{i+1},)``;
 - ``sizes == (n_1, ..., n_{l+1}) == (d, ..., k)``;
@@ -24,7 +24,7 @@ BIAS_INITS = ("zero", "normal", "uniform")
 
 @dataclass(frozen=True, init=False)
 class MLP:
-    """Description of a multilayer perceptron (MATH.md section 1).
+    """Description of a multilayer perceptron (docs/math.md section 1).
 
     Parameters
     ----------

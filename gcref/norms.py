@@ -1,4 +1,4 @@
-"""Norm-based capacity measures and margins (MATH.md section 6; seeds 002 and 004).
+"""Norm-based capacity measures and margins (docs/math.md section 6; seeds 002 and 004).
 
 Each norm is written once, as a ``*_native`` function on one backend's arrays
 (``backend.xp`` element-wise operations, ``@`` and the backend's array helpers), so it
@@ -15,7 +15,7 @@ row v of ``W_i`` and, with biases, the bias ``b_i[v]``, an edge from a constant 
 Biases
 ------
 With ``bias=True`` a bias is an edge from a constant unit whose value is 1: in the path
-norm it starts paths at its unit (MATH.md section 6), in the group norms it belongs to
+norm it starts paths at its unit (docs/math.md section 6), in the group norms it belongs to
 its unit's incoming group. With ``bias=False`` biases are ignored, which is the bias-free
 network's norm whatever the biases hold.
 """
@@ -82,7 +82,7 @@ def path_gammas_in(backend, params, p, *, bias=True):
     -----
     ``gamma_in(layer 1) = |W_1|^p 1 (+ |b_1|^p)`` and
     ``gamma_in(layer i + 1) = |W_{i+1}|^p gamma_in(layer i) (+ |b_{i+1}|^p)``, element-wise powers
-    (MATH.md section 6). The inputs have ``gamma_in = 1``.
+    (docs/math.md section 6). The inputs have ``gamma_in = 1``.
     """
     xp = backend.xp
     gammas = []
@@ -114,7 +114,7 @@ def path_norm_native(backend, mlp, params, p=2, *, bias=True):
     Notes
     -----
     ``||pi(w)||_p^p = 1^T |W_l|^p ... |W_1|^p 1`` without biases; with biases, the bias
-    ``b_i[v]`` adds the paths that start at unit v of layer i (MATH.md section 6). A
+    ``b_i[v]`` adds the paths that start at unit v of layer i (docs/math.md section 6). A
     dynamic programme over the layers: paths are never enumerated.
     """
     p = check_exponent(p, "p")
@@ -123,7 +123,7 @@ def path_norm_native(backend, mlp, params, p=2, *, bias=True):
 
 
 def path_norm(mlp, params, p=2, *, bias=True, backend="numpy"):
-    """The l_p path norm of the network (MATH.md section 6; seed 002).
+    """The l_p path norm of the network (docs/math.md section 6; seed 002).
 
     Parameters
     ----------
@@ -179,7 +179,7 @@ def group_norm_native(backend, mlp, params, p=2, q=2, *, bias=True):
     Notes
     -----
     ``mu_{p,q}(w) = (sum_v (sum_{u->v} |w_{u->v}|^p)^{q/p})^{1/q}``; for ``q = inf`` the max
-    over v of ``(sum_{u->v} |w_{u->v}|^p)^{1/p}`` (MATH.md section 6). v runs over every
+    over v of ``(sum_{u->v} |w_{u->v}|^p)^{1/p}`` (docs/math.md section 6). v runs over every
     non-input unit, the outputs included.
     """
     p = check_exponent(p, "p")
@@ -199,7 +199,7 @@ def group_norm_native(backend, mlp, params, p=2, q=2, *, bias=True):
 
 
 def group_norm(mlp, params, p=2, q=2, *, bias=True, backend="numpy"):
-    """The group norm ``mu_{p,q}`` (MATH.md section 6; seed 002).
+    """The group norm ``mu_{p,q}`` (docs/math.md section 6; seed 002).
 
     Parameters
     ----------
@@ -289,7 +289,7 @@ def product_norm_native(backend, mlp, params):
 
 
 def product_norm(mlp, params, *, backend="numpy"):
-    """The product norm ``rho = prod_k ||W_k||_F`` (MATH.md section 6; seed 004, section 2).
+    """The product norm ``rho = prod_k ||W_k||_F`` (docs/math.md section 6; seed 004, section 2).
 
     Parameters
     ----------
@@ -371,7 +371,7 @@ def _check_labels(mlp, y, n):
 
 
 def margins(mlp, params, X, y, *, normalized=True, backend="numpy"):
-    """Per-example margins: the margin distribution over a data set (MATH.md section 6).
+    """Per-example margins: the margin distribution over a data set (docs/math.md section 6).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Optimisers with one interface, and a plain training loop (MATH.md section 6).
+"""Optimisers with one interface, and a plain training loop (docs/math.md section 6).
 
 An optimiser is an object with ``update(mlp, params, grads, step) -> new_params``:
 ``params`` and ``grads`` are tuples of ``(W, b)`` NumPy arrays (``grads`` the gradient of
@@ -83,7 +83,7 @@ class GradientDescent(Optimizer):
 
 
 class PathSGD(Optimizer):
-    """Path-normalised gradient descent (seed 002, Algorithm 1; MATH.md section 6).
+    """Path-normalised gradient descent (seed 002, Algorithm 1; docs/math.md section 6).
 
     Parameters
     ----------
@@ -154,7 +154,7 @@ def _divide(grad, gamma):
 
 
 class NMGD(Optimizer):
-    """Norm-minimising gradient descent (seed 004, eqs. 9 and 26; MATH.md section 6).
+    """Norm-minimising gradient descent (seed 004, eqs. 9 and 26; docs/math.md section 6).
 
     Parameters
     ----------

@@ -1,8 +1,8 @@
-"""Node rescaling symmetry of positively homogeneous networks (MATH.md section 6; seed 002).
+"""Node rescaling symmetry of positively homogeneous networks (docs/math.md section 6; seed 002).
 
 Index conventions
 -----------------
-The hidden units are the entries of ``z_i`` for layers i = 1..l-1 (MATH.md numbering).
+The hidden units are the entries of ``z_i`` for layers i = 1..l-1 (docs/math.md numbering).
 Rescaling factors are a list of l - 1 positive arrays, ``factors[i - 1]`` of shape
 ``(n_{i+1},)`` for the units of layer i. Rescaling unit v of layer i by c multiplies its
 incoming weights (row v of ``W_i``) and its bias ``b_i[v]`` by c and its outgoing weights
@@ -71,7 +71,7 @@ def rescale(mlp, params, factors):
 
     Notes
     -----
-    The composition of the node rescalings ``rho_{c,v}`` of MATH.md section 6 over every
+    The composition of the node rescalings ``rho_{c,v}`` of docs/math.md section 6 over every
     hidden unit v.
     """
     check_rescalable(mlp)
@@ -89,14 +89,14 @@ def rescale(mlp, params, factors):
 
 
 def rescale_node(mlp, params, layer, unit, c):
-    """The node rescaling ``rho_{c,v}`` of one hidden unit (MATH.md section 6; seed 002).
+    """The node rescaling ``rho_{c,v}`` of one hidden unit (docs/math.md section 6; seed 002).
 
     Parameters
     ----------
     mlp : MLP
     params : tuple of (W, b) ndarray
     layer : int, 1 <= layer <= l - 1
-        The layer i (MATH.md numbering) whose output unit is rescaled.
+        The layer i (docs/math.md numbering) whose output unit is rescaled.
     unit : int, 0 <= unit < n_{i+1}
         The unit v: an entry of ``z_i``.
     c : float > 0
@@ -203,7 +203,7 @@ def balanced_rescaling(mlp, params, p=2):
     This is the minimum: for any rescaling, induction over the layers gives
     ``g_l[o] <= mu_{p,inf}^{p l}``, so ``mu_{p,inf}^l >= max_o ||pi_o||_p`` where
     ``pi_o`` holds the paths that end at output o. With one output this is
-    ``min mu_{p,inf}^l = ||pi(w)||_p`` (seed 002; MATH.md section 6); with k outputs the
+    ``min mu_{p,inf}^l = ||pi(w)||_p`` (seed 002; docs/math.md section 6); with k outputs the
     minimum is ``max_o ||pi_o||_p``, which lies between ``k^{-1/p} ||pi||_p`` and
     ``||pi||_p``.
     """

@@ -155,7 +155,7 @@ class Backend:
     def param_grad_sq_norms(self, mlp, params, X):
         """Per-example ``||grad_{W_i} f||_F^2`` and ``||grad_{b_i} f||_F^2``, each ``(N, l)``.
 
-        MATH.md section 1: ``||Delta_i||_F^2 ||h_i||^2`` and ``||Delta_i||_F^2``; no
+        docs/math.md section 1: ``||Delta_i||_F^2 ||h_i||^2`` and ``||Delta_i||_F^2``; no
         per-example gradient is formed.
         """
         fwd = self.forward(mlp, params, X)

@@ -94,7 +94,7 @@ class NumpyBackend(Backend):
         return jacs
 
     def param_jacobian(self, mlp, params, X):
-        # df_c/dW_i = outer(Delta_i[c], h_i), df_c/db_i = Delta_i[c] (MATH.md section 1).
+        # df_c/dW_i = outer(Delta_i[c], h_i), df_c/db_i = Delta_i[c] (docs/math.md section 1).
         fwd = self.forward(mlp, params, X)
         deltas = self._sensitivities(mlp, params, fwd)
         return [

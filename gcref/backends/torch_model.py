@@ -52,12 +52,12 @@ class TorchModel(ModelAdapter):
     8% per example and 0.2% on the mean for GC of a ResNet-18 of width 8, and to 3% / 0.2%
     for the loss-gradient norms.
 
-    **Input Jacobians** (MATH.md section 2) are taken on the module called through
+    **Input Jacobians** (docs/math.md section 2) are taken on the module called through
     ``torch.func.functional_call`` with its parameters detached, so no weight gradient is
     ever computed: reverse mode is one forward pass and k input-only vector-Jacobian
     products, forward mode d Jacobian-vector products.
 
-    **Per-example squared gradient norms** (MATH.md section 1, last identity) use, when
+    **Per-example squared gradient norms** (docs/math.md section 1, last identity) use, when
     every module that holds trainable parameters directly is an ``nn.Linear``, an
     ``nn.Conv1d``/``nn.Conv2d`` (``groups=1``, zero padding given as numbers or
     ``"valid"``) or an ``nn.BatchNorm1d/2d/3d`` with running statistics, each called once

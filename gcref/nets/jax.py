@@ -194,7 +194,7 @@ def mlp_apply_from_gcref(mlp_description, params):
     Returns
     -------
     apply : callable
-        ``apply(params, x)`` computing ``f(x)`` of MATH.md section 1 (the output activation
+        ``apply(params, x)`` computing ``f(x)`` of docs/math.md section 1 (the output activation
         included) on a batch ``x`` of shape ``(n, d)``; the same function for equal MLPs.
     params : tuple of (W, b) pairs of ndarray
         The checked parameters, a pytree whose leaves are in gcref's order, so that

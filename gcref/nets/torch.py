@@ -164,7 +164,7 @@ def mlp_module(mlp, params, dtype=torch.float64):
     Returns
     -------
     torch.nn.Sequential
-        ``Linear, activation, ..., Linear, output activation`` (MATH.md section 1); its
+        ``Linear, activation, ..., Linear, output activation`` (docs/math.md section 1); its
         parameters in ``parameters()`` order are ``W_1, b_1, ..., W_l, b_l``, the order of
         :func:`gcref.mlp.flatten_params`.
 
