@@ -130,33 +130,157 @@ def _probe_fn(apply):
     return probe_sq_norms
 
 
-def _output_grad_fn(apply):
+def _leaf_sq_columns(grads):
+    """Per-example gradients (a pytree of ``(n, ...)`` leaves) -> ``||grad_p||^2``, ``(n, T)``."""
     import jax
 
-    def output_grad_sq_norms(params, X):
-        def one(xi):
-            jac = jax.jacrev(lambda p: _apply_checked(apply, p, xi[None])[0])(params)
-            return _leaf_sq_sums(jac)
+    return jax.vmap(_leaf_sq_sums)(grads)
 
-        return jax.vmap(one)(X)
+
+def _layer_plan(apply, norm_method, params, X):
+    """The norm identities' plan of ``apply`` at ``X``'s example shape, or ``None`` (``vmap``).
+
+    Run while tracing: from shapes alone.
+    """
+    if norm_method == "vmap":
+        return None
+    import jax
+
+    from gcref.backends.jax_layers import layer_plan
+
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    example = jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype)
+    plan, why = layer_plan(lambda p, x: _apply_checked(apply, p, x), shapes, example)
+    if plan is None and norm_method == "identity":
+        raise ValueError(
+            f"norm_method='identity' does not apply to this function: {why}; "
+            "use norm_method='auto' (falls back to vmap(grad)) or 'vmap'"
+        )
+    return plan
+
+
+def _recorded(plan, leaves, X, perturbations):
+    """The recorded forward pass over a chunk: outputs ``(n, k)`` and per-site records."""
+    import jax
+
+    from gcref.backends.jax_layers import recorded_forward
+
+    outs, records = jax.vmap(
+        lambda x, e: recorded_forward(plan, leaves, x[None], e), in_axes=(0, 0)
+    )(X, perturbations)
+    return outs[0][:, 0], records
+
+
+def _identity_loss_norms(plan, loss, params, X, targets, weights, param_grad):
+    """One recorded forward and one backward pass: ``(sum w l, l (n,), grad or None, (n, T))``.
+
+    The gradient with respect to each site's zero perturbation is its output cotangent;
+    with ``param_grad`` the same backward pass also gives ``sum_n w_n grad l_n``.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from gcref.backends.jax_layers import site_sq_norms, zero_perturbations
+
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+
+    def total(lv, eps):
+        out, records = _recorded(plan, lv, X, eps)
+        per = loss.per_example(out, targets)
+        return jnp.sum(weights * per), (per, records)
+
+    argnums = (0, 1) if param_grad else 1
+    (value, (per, records)), grads = jax.value_and_grad(total, argnums=argnums, has_aux=True)(
+        leaves, zero_perturbations(plan, X.shape[0])
+    )
+    grad_leaves, cotangents = grads if param_grad else (None, grads)
+    norms = jax.vmap(lambda r, g: site_sq_norms(plan, leaves, r, g))(records, cotangents)
+    grad = None if grad_leaves is None else jax.tree_util.tree_unflatten(treedef, grad_leaves)
+    return value, per, grad, norms
+
+
+def _per_example_loss_grads(apply, loss, params, X, targets):
+    """``vmap(value_and_grad)``: per-example losses ``(n,)`` and gradients (a pytree, ``(n, ...)``)."""
+    import jax
+
+    def one(xi, ti):
+        def loss_n(p):
+            return loss.per_example(_apply_checked(apply, p, xi[None]), ti[None])[0]
+
+        return jax.value_and_grad(loss_n)(params)
+
+    return jax.vmap(one)(X, targets)
+
+
+def _output_grad_fn(apply, norm_method):
+    import jax
+    import jax.numpy as jnp
+
+    from gcref.backends.jax_layers import site_sq_norms, zero_perturbations
+
+    def output_grad_sq_norms(params, X):
+        plan = _layer_plan(apply, norm_method, params, X)
+        if plan is None:
+            def one(xi):
+                jac = jax.jacrev(lambda p: _apply_checked(apply, p, xi[None])[0])(params)
+                return _leaf_sq_sums(jac)
+
+            return jax.vmap(one)(X)
+        # One recorded forward pass, k backward passes to the sites only (no weight
+        # gradient), each with the cotangent e_o on every example.
+        leaves = jax.tree_util.tree_leaves(params)
+        out, vjp, records = jax.vjp(
+            lambda eps: _recorded(plan, leaves, X, eps),
+            zero_perturbations(plan, X.shape[0]),
+            has_aux=True,
+        )
+        k = out.shape[1]
+
+        def per_output(c):
+            (cotangents,) = vjp(c)
+            return jax.vmap(lambda r, g: site_sq_norms(plan, leaves, r, g))(records, cotangents)
+
+        basis = jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, *out.shape))
+        return jnp.sum(jax.vmap(per_output)(basis), axis=0)
 
     return output_grad_sq_norms
 
 
-def _loss_grad_norms_fn(apply, loss):
-    import jax
+def _loss_grad_norms_fn(apply, loss, norm_method):
+    import jax.numpy as jnp
 
     def loss_grad_sq_norms(params, X, targets):
-        def one(xi, ti):
-            def loss_n(p):
-                return loss.per_example(_apply_checked(apply, p, xi[None]), ti[None])[0]
-
-            value, grad = jax.value_and_grad(loss_n)(params)
-            return value, _leaf_sq_sums(grad)
-
-        return jax.vmap(one)(X, targets)
+        plan = _layer_plan(apply, norm_method, params, X)
+        if plan is None:
+            values, grads = _per_example_loss_grads(apply, loss, params, X, targets)
+            return values, _leaf_sq_columns(grads)
+        ones = jnp.ones(X.shape[0], dtype=X.dtype)
+        _, values, _, norms = _identity_loss_norms(
+            plan, loss, params, X, targets, ones, param_grad=False
+        )
+        return values, norms
 
     return loss_grad_sq_norms
+
+
+def _loss_grad_sum_norms_fn(apply, loss, norm_method):
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    def loss_grad_sum_and_sq_norms(params, X, targets, weights):
+        # One backward pass for the summed gradient and the per-example norms.
+        plan = _layer_plan(apply, norm_method, params, X)
+        if plan is None:
+            values, grads = _per_example_loss_grads(apply, loss, params, X, targets)
+            grad = jax.tree_util.tree_map(lambda g: jnp.tensordot(weights, g, axes=1), grads)
+            return jnp.sum(weights * values), ravel_pytree(grad)[0], _leaf_sq_columns(grads)
+        value, _, grad, norms = _identity_loss_norms(
+            plan, loss, params, X, targets, weights, param_grad=True
+        )
+        return value, ravel_pytree(grad)[0], norms
+
+    return loss_grad_sum_and_sq_norms
 
 
 def _weighted_loss_sum(apply, loss, params, X, targets, weights):
@@ -191,21 +315,25 @@ def _loss_hvp_sum_fn(apply, loss):
     return loss_hvp_sum
 
 
-def _penalty_grad_sum_fn(apply, loss):
+def _penalty_grad_sum_fn(apply, loss, norm_method):
     import jax
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
     def per_example_penalty_grad_sum(params, X, targets, weights):
-        # Half the gradient of sum_n w_n ||grad l_n||^2: reverse mode over vmap(grad).
-        def penalty(p):
-            def one(xi, ti):
-                grad = jax.grad(
-                    lambda q: loss.per_example(_apply_checked(apply, q, xi[None]), ti[None])[0]
-                )(p)
-                return jnp.sum(_leaf_sq_sums(grad))
+        # Half the gradient of sum_n w_n ||grad l_n||^2: reverse mode over the norm
+        # identities (a function of theta equal to the norms), or over vmap(grad).
+        plan = _layer_plan(apply, norm_method, params, X)
 
-            return jnp.sum(weights * jax.vmap(one)(X, targets))
+        def penalty(p):
+            if plan is None:
+                _, grads = _per_example_loss_grads(apply, loss, p, X, targets)
+                norms = _leaf_sq_columns(grads)
+            else:
+                norms = _identity_loss_norms(
+                    plan, loss, p, X, targets, jnp.ones_like(weights), param_grad=False
+                )[3]
+            return jnp.sum(weights * jnp.sum(norms, axis=1))
 
         return ravel_pytree(jax.grad(penalty)(params))[0] / 2
 
@@ -220,13 +348,24 @@ _FACTORIES = {
     "output_grad_sq_norms": _output_grad_fn,
     "loss_grad_sq_norms": _loss_grad_norms_fn,
     "loss_grad_sum": _loss_grad_sum_fn,
+    "loss_grad_sum_and_sq_norms": _loss_grad_sum_norms_fn,
     "loss_hvp_sum": _loss_hvp_sum_fn,
     "per_example_penalty_grad_sum": _penalty_grad_sum_fn,
 }
 
 
-#: Primitives that return sums over the chunk (the others return one row per example).
-_SUMMED = ("loss_grad_sum", "loss_hvp_sum", "per_example_penalty_grad_sum")
+#: What each output of a primitive is: "sum" over the chunk's examples or one row per
+#: example ("rows"); primitives not listed return rows.
+_OUTPUTS = {
+    "loss_grad_sum": ("sum", "sum"),
+    "loss_grad_sum_and_sq_norms": ("sum", "sum", "rows"),
+    "loss_hvp_sum": "sum",
+    "per_example_penalty_grad_sum": "sum",
+}
+
+
+#: How per-example parameter-gradient norms are computed (see ``JaxModel``).
+NORM_METHODS = ("auto", "identity", "vmap")
 
 
 class JaxModel(ModelAdapter):
@@ -244,9 +383,17 @@ class JaxModel(ModelAdapter):
         and ``apply = lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``). Inputs must
         have the same dtype.
     shard : bool, optional
-        Place each chunk with a ``NamedSharding`` over a 1-D mesh of all of
-        ``jax.devices()`` along the batch axis (parameters replicated), so that one
-        process uses every device. Default: when there is more than one device.
+        Place each chunk with a ``NamedSharding`` over a 1-D mesh of this process's
+        ``jax.local_devices()`` along the batch axis (parameters replicated), so that one
+        process uses every device. Default: when there is more than one local device.
+    norm_method : {"auto", "identity", "vmap"}
+        How per-example parameter-gradient norms (and their gradient) are computed.
+        ``"identity"``: from each layer's input and output cotangent, recorded in one
+        forward and one backward pass (:mod:`gcref.backends.jax_layers`: dense,
+        convolution, bias and scale parameters each entering ``apply`` once), without
+        per-example gradients; an error if ``apply`` uses a parameter otherwise.
+        ``"vmap"``: ``jax.vmap`` of ``jax.grad`` (per-example gradients).
+        ``"auto"`` (default): the identities where they apply, else ``vmap``.
 
     Notes
     -----
@@ -273,10 +420,18 @@ class JaxModel(ModelAdapter):
     float64 arrays, the "native vectors" of this adapter: JAX has float64 only inside
     ``jax.enable_x64``, while :mod:`gcref.models` adds vectors outside of it.
 
-    A single process is assumed: :meth:`all_reduce_sum` is the identity.
+    Several processes: after ``jax.distributed.initialize``, each process passes its
+    own shard of the data and :meth:`all_reduce_sum` adds every process's sums
+    (``process_allgather`` in float64), so that every process gets the values of the
+    whole data set (docs/math.md sections 2 and 5 as for one process); chunks are only
+    sharded over each process's local devices.
+
+    :meth:`loss_grad_sum_and_sq_norms`, the IGR terms' primitive, takes the summed
+    gradient and the per-example norms from one backward pass with either norm method
+    (the vmap one sums the per-example gradients it forms anyway).
     """
 
-    def __init__(self, apply, params, *, shard=None):
+    def __init__(self, apply, params, *, shard=None, norm_method="auto"):
         import jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -292,6 +447,11 @@ class JaxModel(ModelAdapter):
             raise TypeError(
                 "apply must be hashable (a function): its compilations are cached by it"
             ) from None
+        if norm_method not in NORM_METHODS:
+            raise ValueError(
+                f"norm_method must be one of {NORM_METHODS}; got {norm_method!r}"
+            )
+        self.norm_method = norm_method
         self._jax = jax
         self._backend = get_backend("jax")
         self.apply = apply
@@ -299,7 +459,7 @@ class JaxModel(ModelAdapter):
         self.dtype = leaves[0].dtype
         self._treedef = treedef
         self._shapes = tuple(leaf.shape for leaf in leaves)
-        devices = jax.devices()
+        devices = jax.local_devices()
         self.shard = len(devices) > 1 if shard is None else bool(shard)
         self._n_devices = len(devices) if self.shard else 1
         with self._backend.scope(self.dtype):
@@ -386,7 +546,7 @@ class JaxModel(ModelAdapter):
         if key not in _PRIMITIVES:
             fn = _FACTORIES[name](self.apply, *statics)
             if self.shard:
-                fn = self._sharded(fn, n_batched, len(extra), summed=name in _SUMMED)
+                fn = self._sharded(fn, n_batched, len(extra), _OUTPUTS.get(name, "rows"))
             _PRIMITIVES[key] = _Primitive(fn)
         primitive = _PRIMITIVES[key]
         with self._backend.scope(self.dtype):
@@ -400,28 +560,37 @@ class JaxModel(ModelAdapter):
                 arrays.append(self._place((np.arange(n_pad) < n).astype(self.dtype), n_pad))
             return primitive.jitted(self.params, *arrays, *extra), n
 
-    def _sharded(self, fn, n_batched, n_replicated, summed):
+    def _sharded(self, fn, n_batched, n_replicated, outputs):
         """``fn`` run by ``shard_map`` on each device's slice of the batch.
 
-        Each device computes its own examples; sums are ``psum``-ed over the devices.
-        ``check_vma=False`` keeps the per-device gradient with respect to the replicated
-        parameters (with it, JAX would sum the gradients of every device, which is wrong
-        for per-example quantities). ``shard_map`` rather than sharding propagation
-        under ``jit``: on the CPU with JAX 0.10.2, the latter returned wrong per-example
-        parameter gradients of a convolution for the examples of the second device.
+        Each device computes its own examples; ``outputs`` says which results are sums
+        (``"sum"``, ``psum``-ed over the devices) and which are rows (``"rows"``),
+        one kind or a tuple of kinds, one per result. ``check_vma=False`` keeps the
+        per-device gradient with respect to the replicated parameters (with it, JAX
+        would sum the gradients of every device, which is wrong for per-example
+        quantities). ``shard_map`` rather than sharding propagation under ``jit``: on
+        the CPU with JAX 0.10.2, the latter returned wrong per-example parameter
+        gradients of a convolution for the examples of the second device.
         """
         jax = self._jax
         batch, replicated = self._batch_sharding.spec, self._replicated.spec
+        kinds = outputs if isinstance(outputs, tuple) else (outputs,)
 
         def local(params, *args):
             out = fn(params, *args)
-            return jax.lax.psum(out, "batch") if summed else out
+            parts = out if isinstance(outputs, tuple) else (out,)
+            parts = tuple(
+                jax.lax.psum(part, "batch") if kind == "sum" else part
+                for part, kind in zip(parts, kinds)
+            )
+            return parts if isinstance(outputs, tuple) else parts[0]
 
+        specs = tuple(replicated if kind == "sum" else batch for kind in kinds)
         return jax.shard_map(
             local,
             mesh=self._batch_sharding.mesh,
             in_specs=(replicated, *[batch] * n_batched, *[replicated] * n_replicated),
-            out_specs=replicated if summed else batch,
+            out_specs=specs if isinstance(outputs, tuple) else specs[0],
             check_vma=False,
         )
 
@@ -457,12 +626,24 @@ class JaxModel(ModelAdapter):
         return self._per_example("probes", (), X, probes)
 
     def output_grad_sq_norms(self, X):
-        return self._per_example("output_grad_sq_norms", (), X)
+        return self._per_example("output_grad_sq_norms", (self.norm_method,), X)
 
     def loss_grad_sq_norms(self, X, targets, loss):
-        (values, sq_norms), n = self._run("loss_grad_sq_norms", (loss,), X, targets)
+        (values, sq_norms), n = self._run(
+            "loss_grad_sq_norms", (loss, self.norm_method), X, targets
+        )
         return (
             np.asarray(values, dtype=np.float64)[:n],
+            np.asarray(sq_norms, dtype=np.float64)[:n],
+        )
+
+    def loss_grad_sum_and_sq_norms(self, X, targets, loss):
+        (value, grad, sq_norms), n = self._run(
+            "loss_grad_sum_and_sq_norms", (loss, self.norm_method), X, targets, weights=True
+        )
+        return (
+            float(value),
+            np.asarray(grad, dtype=np.float64),
             np.asarray(sq_norms, dtype=np.float64)[:n],
         )
 
@@ -478,7 +659,7 @@ class JaxModel(ModelAdapter):
 
     def per_example_penalty_grad_sum(self, X, targets, loss):
         out, _ = self._run(
-            "per_example_penalty_grad_sum", (loss,), X, targets, weights=True
+            "per_example_penalty_grad_sum", (loss, self.norm_method), X, targets, weights=True
         )
         return np.asarray(out, dtype=np.float64)
 
@@ -501,6 +682,21 @@ class JaxModel(ModelAdapter):
 
     def to_numpy(self, x):
         return np.asarray(x)
+
+    def all_reduce_sum(self, x):
+        """Sum over the processes of ``jax.distributed`` (the identity in one process).
+
+        Every process gathers every process's ``x`` (``process_allgather``, in float64)
+        and adds them in process order, so that all get the same float64 sum.
+        """
+        jax = self._jax
+        if jax.process_count() == 1:
+            return x
+        from jax.experimental import multihost_utils
+
+        with jax.enable_x64(True):
+            gathered = multihost_utils.process_allgather(np.asarray(x, dtype=np.float64))
+        return np.sum(np.asarray(gathered, dtype=np.float64), axis=0)
 
     def _unflatten(self, vector):
         """A float64 ``(p,)`` vector as leaves of the parameters' shapes and dtype."""
