@@ -271,15 +271,18 @@ def test_a_generator_is_refused_where_two_passes_are_needed():
 # -- targets -----------------------------------------------------------------------------------
 
 
-def test_float32_regression_targets_are_accepted_for_a_float64_model():
+@pytest.mark.parametrize("model_kind", list(MODELS))
+def test_float32_regression_targets_are_accepted_for_a_float64_model(model_kind):
+    model, kw = MODELS[model_kind]()
     y32 = Y.astype(np.float32)
-    got = loss((X, y32))
+    got = models.mean_loss(model, (X, y32), "squared", **kw)
     # The targets are compared in float64: exactly the float64 targets they round to.
-    assert got == loss((X, y32.astype(np.float64)))
-    assert not np.isclose(got, loss((X, Y)), rtol=1e-12, atol=0)
+    assert got == models.mean_loss(model, (X, y32.astype(np.float64)), "squared", **kw)
+    assert not np.isclose(got, models.mean_loss(model, (X, Y), "squared", **kw), rtol=1e-12, atol=0)
+    batches = loader(X, y32) if model_kind == "torch-module" else [(X, y32)]
     np.testing.assert_allclose(
-        models.loss_grad(MLP, [(X, y32)], "squared", params=PARAMS),
-        models.loss_grad(MLP, [(X, y32.astype(np.float64))], "squared", params=PARAMS),
+        models.loss_grad(model, batches, "squared", **kw),
+        models.loss_grad(model, [(X, y32.astype(np.float64))], "squared", **kw),
         rtol=RTOL, atol=ATOL,
     )
 
