@@ -17,13 +17,16 @@ __all__ = [
     "combine",
     "flat_arrays",
     "flatten_params",
+    "flatten_tree",
     "pairs",
     "params_dtype",
     "params_inner",
     "params_map",
     "scale",
     "sq_norm",
+    "tree_leaves",
     "unflatten_params",
+    "unflatten_tree",
 ]
 
 
@@ -57,9 +60,48 @@ def params_dtype(params):
     return np.asarray(params[0][0]).dtype
 
 
+def tree_leaves(tree):
+    """The arrays of nested tuples and lists (or of one array or scalar), depth first, as NumPy."""
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in tree_leaves(item)]
+    return [np.asarray(tree)]
+
+
+def flatten_tree(tree):
+    """Nested tuples and lists of arrays (or one array, or a scalar) -> one 1-D NumPy vector."""
+    leaves = tree_leaves(tree)
+    return np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
+
+
+def unflatten_tree(vector, like):
+    """Inverse of :func:`flatten_tree`, with the structure, shapes and dtypes of ``like``.
+
+    Raises
+    ------
+    ValueError
+        When ``vector`` does not have exactly as many entries as ``like``.
+    """
+    vector = np.asarray(vector)
+    pos = 0
+
+    def build(node):
+        nonlocal pos
+        if isinstance(node, (tuple, list)):
+            return type(node)(build(item) for item in node)
+        node = np.asarray(node)
+        out = vector[pos : pos + node.size].reshape(node.shape).astype(node.dtype)
+        pos += node.size
+        return out
+
+    out = build(like)
+    if pos != vector.size:
+        raise ValueError(f"vector has {vector.size} entries; the structure holds {pos}")
+    return out
+
+
 def flatten_params(params):
     """Concatenate ``(W_1, b_1, ..., W_l, b_l)`` into one NumPy vector, each array row-major."""
-    return np.concatenate([np.ravel(a) for a in flat_arrays(params)])
+    return flatten_tree(params)
 
 
 def unflatten_params(vector, like):
