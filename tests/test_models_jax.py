@@ -349,3 +349,149 @@ def test_bad_inputs_and_outputs_are_refused(small_mlp):
         JaxModel("not a function", tree)
     with pytest.raises(ValueError, match="mode must be"):
         JaxModel(apply, tree).jacobian_sq_norms(X, "sideways")
+
+
+# -- per-example norms from layer inputs and output cotangents (issue 17) ---------------
+
+
+def odd_layers(p, x):
+    """Layers of every kind the norm identities cover, each in an unusual spelling.
+
+    ``x (n, 32)`` is read as a 2 x 4 x 4 NCHW image: a strided, dilated, asymmetrically
+    padded convolution; a per-channel scale (``mul``); a dense layer over 2 positions
+    with a wide weight (the ghost form); one over 6 positions with a narrow weight
+    (the materialised form); a weight applied from the left (``W @ h.T``).
+    """
+    n = x.shape[0]
+    img = x.reshape(n, 2, 4, 4)
+    h = jax.lax.conv_general_dilated(
+        img, p["conv"], (2, 1), [(1, 0), (0, 1)], rhs_dilation=(2, 1),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )  # (n, 3, 2, 4)
+    h = jnp.tanh(h + p["conv_b"][None, :, None, None]) * p["scale"][None, :, None, None]
+    pairs = h.reshape(n, 2, 12)
+    wide = jnp.tanh(pairs @ p["wide"])  # (n, 2, 12) @ (12, 10): F = 2, ghost
+    seq = jnp.tanh(wide.reshape(n, 4, 5) @ p["narrow"])  # F = 4, C = 5, O = 2: materialised
+    flat = seq.reshape(n, 8) - p["shift"]
+    return (p["left"] @ flat.T).T  # (n, 3)
+
+
+@pytest.fixture(scope="module")
+def odd_problem():
+    rng = np.random.default_rng(21)
+    shapes = {
+        "conv": (3, 2, 2, 2), "conv_b": (3,), "scale": (3,), "wide": (12, 10),
+        "narrow": (5, 2), "shift": (8,), "left": (3, 8),
+    }
+    params = {name: rng.normal(size=s) / np.sqrt(np.prod(s[1:]) or 1) for name, s in shapes.items()}
+    X = rng.normal(size=(N, 32))
+    y = rng.normal(size=(N, 3))
+    return params, X, y
+
+
+def looped_loss_grads(apply, params, X, y):
+    """``grad_theta l_n`` of the squared loss, one example at a time, as leaf lists."""
+    grad = jax.jit(jax.grad(lambda p, x, t: 0.5 * jnp.sum((apply(p, x[None])[0] - t) ** 2)))
+    with jax.enable_x64(True):
+        return [jax.tree_util.tree_leaves(grad(params, x, t)) for x, t in zip(X, y)]
+
+
+def looped_output_grad_sq_norms(apply, params, X):
+    jac = jax.jit(jax.jacrev(lambda p, x: apply(p, x[None])[0]))
+    with jax.enable_x64(True):
+        return np.array([
+            [np.sum(np.asarray(a) ** 2) for a in jax.tree_util.tree_leaves(jac(params, x))]
+            for x in X
+        ])
+
+
+def test_every_covered_layer_kind_is_found_in_the_jaxpr(odd_problem):
+    from gcref.backends.jax_layers import layer_plan
+
+    params, X, _ = odd_problem
+    with jax.enable_x64(True):
+        plan, why = layer_plan(odd_layers, params, X[:1])
+    assert why is None
+    kinds = {jax.tree_util.tree_leaves({k: k for k in params})[s.tag.leaf]: s.kind
+             for s in plan.ordered_sites}
+    assert kinds == {
+        "conv": "conv", "conv_b": "elementwise", "scale": "elementwise", "wide": "dot",
+        "narrow": "dot", "shift": "elementwise", "left": "dot",
+    }
+
+
+@pytest.mark.parametrize("norm_method", ["identity", "vmap"])
+def test_norm_methods_match_per_example_loops(odd_problem, norm_method):
+    params, X, y = odd_problem
+    model = JaxModel(odd_layers, params, norm_method=norm_method)
+    grads = looped_loss_grads(odd_layers, params, X, y)
+    per_leaf = np.array([[np.sum(np.asarray(g) ** 2) for g in example] for example in grads])
+    norms = gm.loss_grad_sq_norms(model, (X, y), "squared", chunk_size=CHUNK)
+    assert_close(norms.per_parameter, per_leaf)
+    assert norms.names == model.parameter_names()
+    assert_close(
+        gm.output_grad_sq_norms(model, X, chunk_size=CHUNK).per_parameter,
+        looped_output_grad_sq_norms(odd_layers, params, X),
+    )
+    # The fused primitive on a chunk of 2 padded to the compiled 3: sum, gradient, norms.
+    model.loss_grad_sq_norms(X[:CHUNK], y[:CHUNK], gcref.get_loss("squared"))
+    total, grad, sq = model.loss_grad_sum_and_sq_norms(X[:2], y[:2], gcref.get_loss("squared"))
+    flat = [np.concatenate([np.ravel(g) for g in example]) for example in grads[:2]]
+    looped_losses = 0.5 * np.sum((model.outputs(X[:2]) - y[:2]) ** 2)
+    assert_close(total, looped_losses)
+    assert_close(grad, flat[0] + flat[1])
+    assert_close(sq, per_leaf[:2])
+
+
+def test_penalty_gradient_by_the_identities_matches_a_loop(odd_problem):
+    """``sum_n H_n grad l_n`` = half the gradient of ``sum_n ||grad l_n||^2``, the latter by
+    ``jax.grad`` of a Python loop of per-example ``jax.grad``."""
+    params, X, y = odd_problem
+    X, y = X[:CHUNK], y[:CHUNK]
+
+    def penalty(p):
+        total = 0.0
+        for x, t in zip(X, y):
+            g = jax.grad(lambda q: 0.5 * jnp.sum((odd_layers(q, x[None])[0] - t) ** 2))(p)
+            total = total + sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(g))
+        return total
+
+    with jax.enable_x64(True):
+        expected = np.asarray(ravel_pytree(jax.grad(penalty)(params))[0]) / 2
+    got = JaxModel(odd_layers, params, norm_method="identity").per_example_penalty_grad_sum(
+        X, y, gcref.get_loss("squared")
+    )
+    assert_close(got, expected)
+
+
+def tied(p, x):
+    return jnp.tanh(x @ p["w"]) @ p["w"].T
+
+
+def rectified_weight(p, x):
+    return x @ jax.nn.relu(p["w"])
+
+
+@pytest.mark.parametrize(
+    "apply, reason",
+    [(tied, "used more than once"), (rectified_weight, "used by custom_jvp_call")],
+    ids=["tied-weights", "custom-jvp-on-a-weight"],
+)
+def test_uncovered_parameter_uses_fall_back_to_vmap(apply, reason):
+    rng = np.random.default_rng(22)
+    params = {"w": rng.normal(size=(4, 4))}
+    X, y = rng.normal(size=(N, 4)), rng.normal(size=(N, 4))
+    grads = looped_loss_grads(apply, params, X, y)
+    expected = np.array([[np.sum(np.asarray(g) ** 2) for g in example] for example in grads])
+    norms = gm.loss_grad_sq_norms(apply, (X, y), "squared", params=params, chunk_size=CHUNK)
+    assert_close(norms.per_parameter, expected)
+    with pytest.raises(ValueError, match=f"norm_method='identity' does not apply.*{reason}"):
+        gm.loss_grad_sq_norms(
+            JaxModel(apply, params, norm_method="identity"), (X, y), "squared", chunk_size=CHUNK
+        )
+
+
+def test_bad_norm_method_is_refused(small_mlp):
+    apply, tree = small_mlp
+    with pytest.raises(ValueError, match="norm_method must be one of"):
+        JaxModel(apply, tree, norm_method="ghost")
