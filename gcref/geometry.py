@@ -204,7 +204,10 @@ def polyline_length(x, y):
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim != 2 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape ({x.shape[0]},) or ({x.shape[0]}, k); got {y.shape}")
+        raise ValueError(
+            f"y must have shape ({x.shape[0]},) or ({x.shape[0]}, k), a row per entry of x; "
+            f"got {y.shape}"
+        )
     order = np.lexsort((y[:, 0], x))
     x, y = x[order], y[order]
     dx, dy = np.diff(x), np.diff(y, axis=0)
@@ -618,7 +621,9 @@ def _interval(mlp, params, X, interval):
     if not isinstance(mlp, MLP):
         raise not_an_mlp(mlp)
     if mlp.input_dim != 1:
-        raise ValueError(f"arc length needs a network with one input; this one has d = {mlp.input_dim}")
+        raise ValueError(
+            f"mlp must have one input for the arc length (d = 1); this one has d = {mlp.input_dim}"
+        )
     dtype = mlp.check_params(params)[0][0].dtype
     if (X is None) == (interval is None):
         raise TypeError("give exactly one of X (data whose range is the interval) and interval=(a, b)")

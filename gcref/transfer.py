@@ -220,6 +220,13 @@ def spectral_norms(M, *, svd_max_dim=64, tol=1e-12, max_iter=10_000):
     ndarray, shape (...)
         float64; 0 for a zero matrix.
 
+    Raises
+    ------
+    TypeError
+        ``M`` is not a real (boolean, integer or floating) array.
+    ValueError
+        ``M`` is ragged, contains NaN or infinity, or has fewer than 2 dimensions.
+
     Notes
     -----
     Power iteration on ``M^T M``, vectorised over the stack: ``u = M v``,
@@ -233,7 +240,15 @@ def spectral_norms(M, *, svd_max_dim=64, tol=1e-12, max_iter=10_000):
     underestimated by up to about ``g``: use the SVD for such matrices. The starting
     vectors are fixed pseudo-random vectors, so the result is reproducible.
     """
-    M = _float64(np.asarray(M))
+    try:
+        M = np.asarray(M)
+    except ValueError as err:
+        raise ValueError(f"M must be a rectangular array; {err}") from err
+    if M.dtype.kind not in "biuf":
+        raise TypeError(f"M must be a real array; got dtype {M.dtype}")
+    M = _float64(M)
+    if not np.all(np.isfinite(M)):
+        raise ValueError("M contains NaN or infinite values")
     if M.ndim < 2:
         raise ValueError(f"M must have at least 2 dimensions; got shape {M.shape}")
     svd_max_dim = check_positive_int(svd_max_dim, "svd_max_dim", minimum=0)
