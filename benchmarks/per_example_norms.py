@@ -15,6 +15,7 @@ slow loop); the best time is reported with its ratio to the analytic path, and t
 results are checked against each other. This is a measurement, not a test::
 
     .venv/bin/python benchmarks/per_example_norms.py [--n 1024] [--repeats 5]
+    .venv/bin/python benchmarks/per_example_norms.py --quick    # 64 examples, one run each
 """
 
 from __future__ import annotations
@@ -138,14 +139,21 @@ def run(dtype, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=1024, help="examples N (default: 1024)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: N = 64 and one timed run of each path, unless given")
+    parser.add_argument("--n", type=int, default=None, help="examples N (default: 1024)")
     parser.add_argument("--d", type=int, default=32, help="inputs d (default: 32)")
     parser.add_argument("--k", type=int, default=10, help="outputs k (default: 10)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs of the fast paths")
-    parser.add_argument("--loop-repeats", type=int, default=3, help="timed runs of the loop")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs of the fast paths (7)")
+    parser.add_argument("--loop-repeats", type=int, default=None, help="timed runs of the loop (3)")
     parser.add_argument("--dtypes", default="float32,float64", help="comma-separated dtypes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    defaults = {"n": 64, "repeats": 1, "loop_repeats": 1} if args.quick else {
+        "n": 1024, "repeats": 7, "loop_repeats": 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     import torch
 

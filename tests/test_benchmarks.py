@@ -1,0 +1,127 @@
+"""The benchmarks run: each one's quick mode, and the pieces whose values can be checked.
+
+The benchmarks are measurements that print and never fail on a timing; these tests only
+check that they run and that what they assert about values holds: every peer that is
+installed agrees with gcref (no ``DISAGREES`` row), the Jacobian regulariser written from
+its paper gives ``||W||_F^2 / 2`` on a linear map (seed 000, Remark 2), and the scaling
+verdicts read proportional times and flat memory as such.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_backend
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name):
+    """The benchmark script ``benchmarks/<name>.py`` as a module (the folder is no package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jacobian_regulariser_of_a_linear_map_is_half_its_frobenius_norm():
+    require_backend("torch")
+    import torch
+
+    mm = load("model_measures")
+    rng = np.random.default_rng(0)
+    W = torch.from_numpy(rng.standard_normal((mm.K, 5)))
+    x = torch.from_numpy(rng.standard_normal((7, 5))).requires_grad_(True)
+    f = x @ W.T
+    eye = torch.eye(mm.K, dtype=f.dtype)
+    one_hot = mm.jacobian_regulariser(torch, x, f, [eye[c].expand_as(f) for c in range(mm.K)])
+    assert one_hot == pytest.approx(float(W.square().sum()) / 2, rel=1e-12)
+    # One projection per example: (C / 2) mean_b ||v_b^T W||^2.
+    v = torch.from_numpy(rng.standard_normal((7, mm.K)))
+    projected = mm.jacobian_regulariser(torch, x, x @ W.T, [v])
+    assert projected == pytest.approx(mm.K / 2 * float((v @ W).square().sum(1).mean()), rel=1e-12)
+
+
+def test_model_measures_quick_runs_and_every_peer_agrees_with_gcref(capsys):
+    require_backend("torch")
+    mm = load("model_measures")
+    mm.main(["--quick", "--models", "mlp", "--n", "16", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "DISAGREES" not in out
+    rows = [line for line in out.splitlines() if "gcref at least as fast" not in line]
+    for label in ("BackPACK BatchL2Grad", "Opacus GradSampleModule", "Opacus ghost norms",
+                  "curvlinops Hessian", "Jacobian regulariser one-hot", "Jacobian regulariser 1 proj",
+                  "double backward per chunk", "torch.func jvp(grad)"):
+        (row,) = [line for line in rows if label in line]
+        # A time with its ratio and relative difference, or the reason it has none.
+        assert re.search(r"\d\.\de-\d\d$", row) or "skipped:" in row or "refuses" in row, row
+    assert "gcref at least as fast as every alternative:" in out
+
+
+def test_per_example_norms_quick_runs(capsys):
+    require_backend("torch")
+    require_backend("autograd")
+    load("per_example_norms").main(["--quick", "--n", "8", "--dtypes", "float64"])
+    out = capsys.readouterr().out
+    assert "goals:" in out
+
+
+def test_linearity_reads_proportional_times_as_linear():
+    sc = load("scaling")
+    sizes = [10, 100, 1000]
+    assert sc.linearity(sizes, [0.5 * n for n in sizes]) == pytest.approx((1.0, 0.0), abs=1e-12)
+    slope, worst = sc.linearity(sizes, [1.0, 1.0, 1.0])
+    assert slope == pytest.approx(0.0, abs=1e-12)
+    assert worst == pytest.approx(99.0)
+
+
+def test_scaling_memory_child_reports_each_measure(capsys):
+    require_backend("torch")
+    import json
+
+    sc = load("scaling")
+    sc.memory_child(16, 4, 8, 0, 4)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 16
+    assert set(result["peak_mib"]) == set(sc.MEASURES)
+    assert all(peak > 0 for peak in result["peak_mib"].values())
+    if result["per_measure"]:
+        assert all(result["peak_mib"][m] >= result["start_mib"][m] for m in sc.MEASURES)
+
+
+def test_scaling_tables_and_plot_give_the_verdicts(tmp_path):
+    pytest.importorskip("matplotlib")
+    sc = load("scaling")
+    sizes, widths = [10, 100], [4, 8]
+    by_n = {m: [0.01 * n for n in sizes] for m in sc.MEASURES}
+    by_n["loss_hvp"] = [0.5, 1.0]  # fixed cost: not linear
+    by_width = {m: [0.1, 0.4] for m in sc.MEASURES}
+    memory = [{"n": n, "per_measure": True, "peak_mib": dict.fromkeys(sc.MEASURES, 100.0)}
+              for n in sizes]
+    memory[1]["peak_mib"]["GC exact"] = 150.0  # grows by half: not flat
+    text, met = sc.tables(sizes, by_n, widths, by_width, 100, memory, 8)
+    assert not met
+    verdicts = [(line.split(" | ")[0][2:], line.rstrip(" |").rsplit(" | ", 1)[1])
+                for line in text.splitlines() if line.endswith(("PASS |", "MISS |"))]
+    misses = [measure for measure, verdict in verdicts if verdict == "MISS"]
+    assert len(verdicts) == 2 * len(sc.MEASURES)
+    assert misses == ["loss_hvp", "GC exact"]
+    path = tmp_path / "scaling.png"
+    sc.plot(path, sizes, by_n, widths, by_width, 100, memory, "test")
+    assert path.stat().st_size > 0
+
+
+def test_a_missing_peer_is_skipped_with_a_line_that_says_so(monkeypatch):
+    require_backend("torch")
+    mm = load("model_measures")
+    monkeypatch.setitem(mm.PEERS, "BackPACK", ("gcref_no_such_module", "backpack-for-pytorch"))
+    ((measure, _, run),) = mm.backpack_methods(None, None, None, 8)
+    assert measure == "grad norms"
+    with pytest.raises(mm.PeerUnavailable, match="skipped: BackPACK not installed"):
+        run(8)
