@@ -32,6 +32,7 @@ validate: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/per_example_norms.py
 	$(PY) benchmarks/model_measures.py
+	$(PY) benchmarks/penalties.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build docs/api

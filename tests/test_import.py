@@ -29,7 +29,9 @@ def test_listing_backends_imports_no_framework():
     "module",
     ["gcref.complexity", "gcref.transfer", "gcref.igr", "gcref.norms", "gcref.geometry",
      "gcref.training", "gcref.backward_error", "gcref.optimizers", "gcref.rescaling", "gcref.cli",
-     "gcref.models", "gcref.nets"],
+     "gcref.models", "gcref.nets", "gcref.penalties", "gcref.data", "gcref.results",
+     "gcref.params", "gcref.backends.adapter", "gcref.backends.mlp_model",
+     "gcref.backends.torch_layers", "gcref.testing"],
 )
 def test_feature_modules_import_no_framework(module):
     assert _modules_after(f"import {module}") == []
