@@ -140,11 +140,8 @@ def batches(data, spec=DEFAULT):
     ``name`` is ``"data"`` for one array or pair, ``"data batch j"`` for the j-th batch of
     an iterable: what error messages call it.
     """
-    if spec.batch_fn is None and is_array(data):
-        yield "data", data, None
-        return
-    if spec.batch_fn is None and isinstance(data, tuple):
-        yield ("data", *_split(data, "data", spec))
+    if is_array(data) or isinstance(data, tuple):
+        yield ("data", *_split(data, "data", spec))  # one batch (batch_fn applies to it)
         return
     if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
         raise TypeError(
@@ -225,11 +222,11 @@ def minibatches(data, batch_size, spec=DEFAULT):
     One ``(X, y)`` tuple is cut into consecutive blocks of ``batch_size`` examples (the
     last may be smaller); an iterable's own batches are the mini-batches.
     """
-    if spec.batch_fn is None and is_array(data):
+    if is_array(data) and spec.batch_fn is None:
         raise TypeError(
             "data must carry labels for the IGR terms: pass (X, y) or batches of (X, y)"
         )
-    if spec.batch_fn is None and isinstance(data, tuple):
+    if is_array(data) or isinstance(data, tuple):
         if batch_size is None:
             raise TypeError(
                 "batch_size is required when data is one (X, y) pair: it defines the mini-batches"

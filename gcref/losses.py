@@ -124,6 +124,8 @@ class SoftmaxCrossEntropy(Loss):
         if k < 2:
             raise ValueError(f"softmax cross-entropy needs k >= 2 outputs; the model has k = {k}")
         y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu":
+            y = y[:, 0]  # a column of class labels, as some loaders yield them
         if y.ndim == 1:
             if y.shape[0] != n_examples:
                 raise ValueError(f"y must have {n_examples} labels; got shape {y.shape}")

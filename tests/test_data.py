@@ -312,12 +312,6 @@ def test_soft_labels_of_any_float_dtype_are_accepted():
     assert np.isclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: integer labels of shape (N, 1) for softmax are told 'Convert it with "
-    "y.astype(numpy.float64)', after which they are refused for their shape "
-    "(gcref/losses.py, SoftmaxCrossEntropy.prepare_targets)",
-)
 def test_class_labels_of_shape_n_by_1_for_softmax_get_a_right_answer():
     mlp = gcref.MLP((D, 4, 3), activation="tanh")
     params = mlp.init(np.random.default_rng(3), scheme="lecun_normal", bias="normal")

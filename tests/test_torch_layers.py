@@ -208,8 +208,8 @@ def test_a_frozen_parameter_is_not_asked_of_the_rule(registry):
 @pytest.mark.parametrize(
     "args, kwargs, message",
     [
-        (("Scale", scale_rule), {}, "module_type must be a class"),
-        ((Scale(2), scale_rule), {}, "module_type must be a class"),
+        (("Scale", scale_rule), {}, "module_type must be a torch.nn.Module subclass"),
+        ((Scale(2), scale_rule), {}, "module_type must be a torch.nn.Module subclass"),
         ((Scale, "not a function"), {}, "the rule must be callable"),
         ((Scale, scale_rule), {"supports": True}, "supports must be callable"),
     ],
@@ -229,11 +229,6 @@ def test_a_bad_supports_in_the_decorator_form_raises_when_decorating(registry):
     assert Scale not in NORM_RULES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="register_norm_rule checks only isinstance(module_type, type), not that it is a "
-    "torch.nn.Module subclass as its docstring says (gcref/backends/torch_layers.py)",
-)
 def test_a_class_that_is_not_a_module_is_refused(registry):
     with pytest.raises(TypeError, match="module_type"):
         registry(int, scale_rule)

@@ -52,7 +52,11 @@ class MLPModel(ModelAdapter):
         self._native = None
 
     def __repr__(self):
-        return f"MLPModel({self.mlp!r}, backend={self.backend.name!r})"
+        mlp = self.mlp
+        return (
+            f"MLPModel(sizes={mlp.sizes}, activation={mlp.activation.name!r}, "
+            f"output_activation={mlp.output_activation.name!r}, backend={self.backend.name!r})"
+        )
 
     # -- conversions -------------------------------------------------------------------
     def _scope(self):

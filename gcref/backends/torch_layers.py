@@ -99,8 +99,12 @@ def register_norm_rule(module_type, fn=None, *, supports=None):
     callable
         ``fn`` (so that the decorator leaves the function as it is).
     """
-    if not isinstance(module_type, type):
-        raise TypeError(f"module_type must be a class; got {type(module_type).__name__}")
+    import torch
+
+    if not (isinstance(module_type, type) and issubclass(module_type, torch.nn.Module)):
+        raise TypeError(
+            f"module_type must be a torch.nn.Module subclass; got {module_type!r}"
+        )
 
     def register(fn):
         if not callable(fn):
