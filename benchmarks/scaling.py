@@ -39,6 +39,11 @@ Output: a table on stdout, the same tables in Markdown in ``<out>.md`` and a plo
 
     .venv/bin/python benchmarks/scaling.py            # N = 256 to 25,600, widths 64 to 512
     .venv/bin/python benchmarks/scaling.py --quick    # N = 64 to 6,400, widths 16 to 128
+    python benchmarks/scaling.py --device cuda --sizes 1000,10000,100000,1000000 --chunk 1024
+
+With ``--device cuda`` the model and each batch live on the GPU, every timing is
+synchronised, and the memory is the device's peak allocation
+(``torch.cuda.max_memory_allocated``, reset before each measure) instead of the RSS.
 """
 
 from __future__ import annotations
@@ -93,10 +98,18 @@ def draw_batch(size, seed, d_in=D_IN):
     return torch.randn((size, d_in), generator=generator), torch.randint(0, K, (size,), generator=generator)
 
 
-def stream(n, batch, seed, d_in):
+def stream(n, batch, seed, d_in, device="cpu"):
     """A generator of ``(X, y)`` batches of at most ``batch`` examples, n in all, none kept."""
     for j, start in enumerate(range(0, n, batch)):
-        yield draw_batch(min(batch, n - start), seed + j, d_in)
+        X, y = draw_batch(min(batch, n - start), seed + j, d_in)
+        yield X.to(device), y.to(device)
+
+
+def synchronize(device):
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def held_mib(n, d_in):
@@ -124,7 +137,7 @@ def measure_runs(model, chunk, seed):
 # -- time -----------------------------------------------------------------------------------
 
 
-def time_sweep(points, chunk, repeats, seed, log):
+def time_sweep(points, chunk, repeats, seed, device, log):
     """Median seconds of every measure at each point ``(width, n)``: ``{measure: [seconds]}``.
 
     Each point has its own model and data; every measure is warmed up on two chunks, then
@@ -133,8 +146,8 @@ def time_sweep(points, chunk, repeats, seed, log):
     rng = np.random.default_rng(seed)
     out = {m: [] for m in MEASURES}
     for width, n in points:
-        runs = measure_runs(build_mlp(width, seed), chunk, seed)
-        data = draw_batch(n, seed)
+        runs = measure_runs(build_mlp(width, seed).to(device), chunk, seed)
+        data = tuple(t.to(device) for t in draw_batch(n, seed))
         warm = (data[0][: 2 * chunk], data[1][: 2 * chunk])
         for run in runs.values():
             run(warm)
@@ -142,8 +155,10 @@ def time_sweep(points, chunk, repeats, seed, log):
         for _ in range(repeats):
             for i in rng.permutation(len(MEASURES)):
                 m = MEASURES[i]
+                synchronize(device)
                 start = time.perf_counter()
                 runs[m](data)
+                synchronize(device)
                 times[m].append(time.perf_counter() - start)
         for m in MEASURES:
             out[m].append(statistics.median(times[m]))
@@ -181,17 +196,30 @@ def _reset_peak():
         return False
 
 
-def memory_child(n, width, chunk, seed, d_in):
-    """In a fresh process: each measure's peak RSS (MiB) on n streamed examples, as JSON."""
+def memory_child(n, width, chunk, seed, d_in, device="cpu"):
+    """In a fresh process: each measure's peak memory (MiB) on n streamed examples, as JSON.
+
+    On the CPU the peak RSS; on CUDA the device's peak allocated memory
+    (``torch.cuda.max_memory_allocated``, reset before each measure).
+    """
     import torch
 
     torch.set_num_threads(1)
-    runs = measure_runs(build_mlp(width, seed, d_in), chunk, seed)
+    runs = measure_runs(build_mlp(width, seed, d_in).to(device), chunk, seed)
     for run in runs.values():
-        run(stream(2 * chunk, chunk, seed, d_in))
+        run(stream(2 * chunk, chunk, seed, d_in, device))
     result = {"n": n, "per_measure": True, "peak_mib": {}, "start_mib": {}}
+    cuda = torch.device(device).type == "cuda"
     for m in MEASURES:
         gc.collect()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            result["start_mib"][m] = torch.cuda.memory_allocated(device) / 2**20
+            runs[m](stream(n, chunk, seed, d_in, device))
+            torch.cuda.synchronize(device)
+            result["peak_mib"][m] = torch.cuda.max_memory_allocated(device) / 2**20
+            continue
         reset = _reset_peak()
         result["per_measure"] &= reset
         result["start_mib"][m] = _status_kib("VmRSS") / 1024 if reset else float("nan")
@@ -203,13 +231,13 @@ def memory_child(n, width, chunk, seed, d_in):
     print(json.dumps(result))
 
 
-def memory_sweep(sizes, width, chunk, seed, d_in, log):
+def memory_sweep(sizes, width, chunk, seed, d_in, device, log):
     """Run :func:`memory_child` in a fresh interpreter for each size; ``[result dicts]``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     results = []
     for n in sizes:
         command = [sys.executable, __file__, "--memory-child", str(n), "--width", str(width),
-                   "--chunk", str(chunk), "--seed", str(seed), "--memory-d", str(d_in)]
+                   "--chunk", str(chunk), "--seed", str(seed), "--memory-d", str(d_in), "--device", device]
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the memory run for N = {n} failed:\n{done.stderr[-2000:]}")
@@ -221,7 +249,7 @@ def memory_sweep(sizes, width, chunk, seed, d_in, log):
 # -- report ---------------------------------------------------------------------------------
 
 
-def tables(sizes, by_n, widths, by_width, width_n, memory, d_in):
+def tables(sizes, by_n, widths, by_width, width_n, memory, d_in, cuda=False):
     """The three tables in Markdown, with the verdicts: ``(text, all goals met)``."""
     lines, met = [], True
     head = " | ".join(f"N = {n:,}" for n in sizes)
@@ -243,6 +271,8 @@ def tables(sizes, by_n, widths, by_width, width_n, memory, d_in):
     head = " | ".join(f"N = {r['n']:,}" for r in memory)
     what = "each measure's own peak RSS" if per_measure else (
         "ru_maxrss (peak since the process started, cumulative over the measures in this order)")
+    if cuda:
+        what = "each measure's own peak CUDA allocation (torch.cuda.max_memory_allocated)"
     held = held_mib(memory[-1]["n"], d_in)
     lines += ["", (f"Peak memory (MiB) against N, d = {d_in}, streamed from a generator, a fresh "
                    f"process per N; {what}; the data would take {held:.1f} MiB at the largest N "
@@ -276,7 +306,7 @@ def plot(path, sizes, by_n, widths, by_width, width_n, memory, title):
     axes[0].loglog(ref, top * ref / ref[-1], "k--", lw=1, label="proportional to N")
     axes[0].set(xlabel="N (examples)", ylabel="seconds", title="time against N")
     axes[1].set(xlabel="width w", ylabel="seconds", title=f"time against width (N = {width_n:,})")
-    axes[2].set(xlabel="N (examples, streamed)", ylabel="peak RSS (MiB)",
+    axes[2].set(xlabel="N (examples, streamed)", ylabel="peak memory (MiB)",
                 title="peak memory against N")
     axes[2].set_ylim(bottom=0)
     for ax in axes:
@@ -311,6 +341,8 @@ def main(argv=None):
                             help=f"default {DEFAULT_SETTING[key]}; quick {QUICK_SETTING[key]}")
     parser.add_argument("--memory-d", type=int, default=256,
                         help="input features of the memory runs' MLP (default 256: 1 KiB an example)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu; on cuda the "
+                        "memory is the device's peak allocation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="path prefix of the .md and .png outputs")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -323,7 +355,7 @@ def main(argv=None):
         if getattr(args, key) <= 0:
             parser.error(f"--{key.replace('_', '-')} must be a positive integer")
     if args.memory_child is not None:
-        memory_child(args.memory_child, args.width, args.chunk, args.seed, args.memory_d)
+        memory_child(args.memory_child, args.width, args.chunk, args.seed, args.memory_d, args.device)
         return
 
     import torch
@@ -336,20 +368,26 @@ def main(argv=None):
         print(text, flush=True)
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"gcref.models scaling, {now}; {platform.machine()}, {os.cpu_count()} CPUs, load average "
+    if torch.device(args.device).type == "cuda":
+        where = f"{torch.cuda.get_device_name(args.device)}"
+    else:
+        where = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    header = (f"gcref.models scaling, {now}; device {args.device} ({where}), load average "
               f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, numpy {np.__version__}, "
               f"torch {torch.__version__} (1 thread); MLP 32-w-w-w-10 tanh, float32, chunk {args.chunk}, "
               f"median of {args.repeats} round(s)")
     log(header)
     started = time.perf_counter()
     log("time against N:")
-    by_n = time_sweep([(args.width, n) for n in args.sizes], args.chunk, args.repeats, args.seed, log)
+    by_n = time_sweep([(args.width, n) for n in args.sizes], args.chunk, args.repeats, args.seed,
+                      args.device, log)
     log("time against width:")
     by_width = time_sweep([(w, args.width_n) for w in args.widths], args.chunk, args.repeats,
-                          args.seed, log)
+                          args.seed, args.device, log)
     log("peak memory against N (a fresh process per N, data streamed from a generator):")
-    memory = memory_sweep(args.sizes, args.width, args.chunk, args.seed, args.memory_d, log)
-    text, met = tables(args.sizes, by_n, args.widths, by_width, args.width_n, memory, args.memory_d)
+    memory = memory_sweep(args.sizes, args.width, args.chunk, args.seed, args.memory_d, args.device, log)
+    cuda = torch.device(args.device).type == "cuda"
+    text, met = tables(args.sizes, by_n, args.widths, by_width, args.width_n, memory, args.memory_d, cuda)
     footer = (f"load average at the end {os.getloadavg()[0]:.1f}; {time.perf_counter() - started:.0f} s; "
               f"goals (time linear in N within 10%, memory flat within 10%): {'PASS' if met else 'MISS'}")
     log("\n" + text + "\n\n" + footer)
