@@ -9,7 +9,7 @@ only by what the result must hold per example.
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 import tracemalloc
 from pathlib import Path
 
@@ -17,8 +17,12 @@ import pytest
 
 from gcref import models
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import memory as bench
+# benchmarks/ is no package: load the benchmark script as a module.
+_spec = importlib.util.spec_from_file_location(
+    "benchmark_memory", Path(__file__).resolve().parent.parent / "benchmarks" / "memory.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
 
 SIZES = (10_000, 100_000)
 #: Slack for the allocator's and the interpreter's own noise: a tenth of one batch's data.
