@@ -37,14 +37,14 @@ from gcref.tolerances import tolerance
 _DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
-def _comma_list(text):
+def _comma_list(text: str) -> list[str]:
     items = [s.strip() for s in text.split(",")]
     if not all(items):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list; got {text!r}")
     return items
 
 
-def _sizes(text):
+def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in _comma_list(text))
     except ValueError:
@@ -58,7 +58,7 @@ def _sizes(text):
     return sizes
 
 
-def _positive_int(text):
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -68,7 +68,7 @@ def _positive_int(text):
     return value
 
 
-def _non_negative_int(text):
+def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -78,7 +78,7 @@ def _non_negative_int(text):
     return value
 
 
-def _positive_float(text):
+def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -99,17 +99,17 @@ DEVIATION_NOTATION = (
 )
 
 
-def _plain(text):
+def _plain(text: str) -> str:
     """A docstring line for the terminal: reST literals and roles unwrapped."""
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
     return text.replace("``", "")
 
 
-def _seconds_notation(repeats="--repeats"):
+def _seconds_notation(repeats: str = "--repeats") -> str:
     return f"seconds: the best wall time of {repeats} timed calls, after one untimed warm-up call"
 
 
-def compare_epilog():
+def compare_epilog() -> str:
     """The ``gcref compare --help`` text after the options: quantities, backends, columns."""
     rows, import_errors = runner.load_rows()
     width = max(len(name) for name in rows) + 2
@@ -131,7 +131,7 @@ def compare_epilog():
     return "\n".join(lines)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The ``gcref`` argument parser, with its ``compare`` subcommand."""
     parser = argparse.ArgumentParser(
         prog="gcref",
@@ -228,7 +228,7 @@ MEASURE_EPILOG = "quantities (for --quantities):\n" + "\n".join(
 )
 
 
-def _add_measure(sub):
+def _add_measure(sub: Any) -> None:
     m = sub.add_parser(
         "measure",
         help="measure a saved torch or JAX model on saved data",
@@ -297,7 +297,7 @@ def _add_measure(sub):
                    help="progress line on stderr (default: when stderr is a terminal)")
 
 
-def _quantiles(text):
+def _quantiles(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(s) for s in _comma_list(text))
     except ValueError:
@@ -321,12 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _compare(args)
 
 
-def _error(message, command="compare"):
+def _error(message: str, command: str = "compare") -> int:
     print(f"gcref {command}: error: {message}", file=sys.stderr)
     return 2
 
 
-def _compare(args):
+def _compare(args: argparse.Namespace) -> int:
     # gcref's own checks name the bad backend, activation or quantity; they are shown
     # as the error message, without a traceback.
     try:
@@ -364,7 +364,7 @@ def _compare(args):
     return 0 if result.ok else 1
 
 
-def format_value(value):
+def format_value(value: Any) -> str:
     """A short text for a row's value: the scalar, or an array's shape and norm."""
     if value is None:
         return "-"
@@ -375,7 +375,7 @@ def format_value(value):
     return f"[{shape}] |.|={np.linalg.norm(arr):.4e}"
 
 
-def format_table(result):
+def format_table(result: runner.Comparison) -> str:
     """The comparison as one fixed-width table, one line per (quantity, backend)."""
     header = ("quantity", "backend", "value", "max_rel_dev", "seconds", "")
     lines = []
@@ -396,7 +396,7 @@ def format_table(result):
     return "\n".join(out)
 
 
-def legend(repeats):
+def legend(repeats: int) -> str:
     """The line under the table that explains its value, max_rel_dev and seconds columns."""
     return "; ".join(
         [
@@ -407,7 +407,7 @@ def legend(repeats):
     )
 
 
-def summary_line(result):
+def summary_line(result: runner.Comparison) -> str:
     """``OK ...`` or ``FAILED ...`` naming the rows over tolerance and the broken modules."""
     if result.ok:
         return (
@@ -433,7 +433,7 @@ def summary_line(result):
 # -- gcref measure --------------------------------------------------------------------------
 
 
-def _default_quantities(args, data):
+def _default_quantities(args: argparse.Namespace, data: measure.LoadedData) -> list[str]:
     chosen = ["gc", "param_grad_sq_norms"]
     if args.loss is not None:
         chosen += ["loss_grad_sq_norms", "loss"]
@@ -442,7 +442,7 @@ def _default_quantities(args, data):
     return chosen
 
 
-def _measure(args):
+def _measure(args: argparse.Namespace) -> int:
     try:
         model = measure.load_model(
             args.model, measure.parse_keywords(args.model_arg, "--model-arg"),
@@ -489,7 +489,7 @@ def _measure(args):
     return 0
 
 
-def _describe_model(model):
+def _describe_model(model: measure.LoadedModel) -> str:
     s = model.settings
     source = s.get("model") or f"exported {s.get('exported')}"
     weights = [f"{key} {s[key]}" for key in ("state", "torchscript", "params") if key in s]
@@ -497,14 +497,14 @@ def _describe_model(model):
     return f"{model.framework} model {source}{' (' + ', '.join(weights) + ')' if weights else ''}{where}, {model.dtype}"
 
 
-def _describe_data(data):
+def _describe_data(data: measure.LoadedData) -> str:
     s = data.settings
     source = s.get("data") or s.get("dataset")
     parts = [f"{key} {s[key]}" for key in ("X", "y", "batches") if key in s]
     return f"{source}: {', '.join(parts)}" if parts else str(source)
 
 
-def _num(value):
+def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.6e}"
 
 
@@ -553,7 +553,7 @@ def format_measurements(results: dict[str, dict[str, Any]], loss: str | None = N
     return "\n".join(out)
 
 
-def _table(header, rows, right=()):
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
     widths = [max(len(str(line[i])) for line in [header, *rows]) for i in range(len(header))]
     out = []
     for line in [header, *rows]:

@@ -19,12 +19,19 @@ shape ``(k, d)``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal, overload
+
 from gcref import models
 from gcref._checks import not_an_mlp
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.models import PROBES, draw_probes
 from gcref.results import Complexity, ComplexityEstimate
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gcref._typing import BackendLike, Data, MLPParams, NativeArray
 
 __all__ = [
     "PROBES",
@@ -38,7 +45,31 @@ __all__ = [
 ]
 
 
-def geometric_complexity(mlp, params, data, *, backend="numpy", chunk_size=256, per_example=False):
+@overload
+def geometric_complexity(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: Literal[False] = False,
+) -> float: ...
+
+
+@overload
+def geometric_complexity(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: Literal[True],
+) -> Complexity: ...
+
+
+@overload
+def geometric_complexity(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: bool,
+) -> float | Complexity: ...
+
+
+def geometric_complexity(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: bool = False,
+) -> float | Complexity:
     """Geometric complexity ``GC(f, D)``: the mean squared Frobenius norm of the input Jacobian.
 
     The MLP spelling of :func:`gcref.models.geometric_complexity`, which measures any
@@ -79,7 +110,31 @@ def geometric_complexity(mlp, params, data, *, backend="numpy", chunk_size=256, 
     )
 
 
-def dirichlet_energy(mlp, params, data, *, backend="numpy", chunk_size=256, per_example=False):
+@overload
+def dirichlet_energy(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: Literal[False] = False,
+) -> float: ...
+
+
+@overload
+def dirichlet_energy(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: Literal[True],
+) -> Complexity: ...
+
+
+@overload
+def dirichlet_energy(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: bool,
+) -> float | Complexity: ...
+
+
+def dirichlet_energy(
+    mlp: MLP, params: MLPParams, data: Data, *, backend: BackendLike = "numpy",
+    chunk_size: int = 256, per_example: bool = False,
+) -> float | Complexity:
     """Discrete Dirichlet energy ``DE^(f, D) = GC(f, D) / 2``.
 
     The MLP spelling of :func:`gcref.models.dirichlet_energy`; parameters and returns as
@@ -98,8 +153,9 @@ def dirichlet_energy(mlp, params, data, *, backend="numpy", chunk_size=256, per_
 
 
 def estimate_geometric_complexity(
-    mlp, params, data, rng, *, n_probes=1, probe="gaussian", backend="numpy", chunk_size=256
-):
+    mlp: MLP, params: MLPParams, data: Data, rng: np.random.Generator, *, n_probes: int = 1,
+    probe: str = "gaussian", backend: BackendLike = "numpy", chunk_size: int = 256,
+) -> ComplexityEstimate:
     """Unbiased estimate of ``GC(f, D)`` from random vector-Jacobian products.
 
     The MLP spelling of :func:`gcref.models.estimate_geometric_complexity` (which see for
@@ -133,13 +189,15 @@ def estimate_geometric_complexity(
     )
 
 
-def _mlp(mlp):
+def _mlp(mlp: object) -> MLP:
     if not isinstance(mlp, MLP):
         raise not_an_mlp(mlp)
     return mlp
 
 
-def geometric_complexity_native(mlp, params, X, *, backend):
+def geometric_complexity_native(
+    mlp: MLP, params: MLPParams, X: NativeArray, *, backend: BackendLike,
+) -> NativeArray:
     """Geometric complexity on a backend's native arrays, differentiable as a training penalty.
 
     Parameters

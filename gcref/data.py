@@ -20,20 +20,31 @@ the SGD term of the modified losses (docs/math.md section 5).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from gcref._checks import check_positive_int
 from gcref._progress import Progress
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from numpy.typing import NDArray
+
+    from gcref._typing import Data, NativeArray
+    from gcref.backends.adapter import ModelAdapter
+    from gcref.losses import Loss
+
 __all__ = ["DataSpec", "batches", "chunks", "labelled_chunks", "minibatches", "to_numpy"]
 
 
-def is_array(x):
+def is_array(x: object) -> bool:
     """Whether ``x`` looks like an array (has ``shape`` and ``ndim``)."""
     return hasattr(x, "shape") and hasattr(x, "ndim")
 
 
-def to_numpy(y):
+def to_numpy(y: Any) -> NDArray[Any]:
     """A NumPy, torch or JAX array as NumPy (labels and targets)."""
     if hasattr(y, "detach"):
         return y.detach().cpu().numpy()
@@ -53,7 +64,10 @@ class DataSpec:
         Show a progress line on stderr; default: when stderr is a terminal.
     """
 
-    def __init__(self, input_key=None, target_key=None, batch_fn=None, progress=None):
+    def __init__(
+        self, input_key: str | None = None, target_key: str | None = None,
+        batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+    ) -> None:
         for name, key in (("input_key", input_key), ("target_key", target_key)):
             if key is not None and not isinstance(key, str):
                 raise TypeError(f"{name} must be a string; got {type(key).__name__}")
@@ -66,7 +80,7 @@ class DataSpec:
         self.batch_fn = batch_fn
         self.progress = progress
 
-    def settings(self):
+    def settings(self) -> dict[str, str]:
         """The non-default reading options, for a result's ``settings``."""
         out = {}
         if self.input_key is not None:
@@ -79,7 +93,7 @@ class DataSpec:
 DEFAULT = DataSpec()
 
 
-def _split(batch, name, spec):
+def _split(batch: Any, name: str, spec: DataSpec) -> tuple[NativeArray, NativeArray | None]:
     """One batch as ``(X, y or None)``."""
     if spec.batch_fn is not None:
         batch = spec.batch_fn(batch)
@@ -105,7 +119,9 @@ def _split(batch, name, spec):
     )
 
 
-def _from_dict(batch, name, spec):
+def _from_dict(
+    batch: Mapping[Any, Any], name: str, spec: DataSpec,
+) -> tuple[NativeArray, NativeArray | None]:
     if spec.input_key is None:
         raise TypeError(
             f"{name} is a dict with keys {sorted(map(str, batch))}: pass input_key= (and "
@@ -125,7 +141,7 @@ def _from_dict(batch, name, spec):
     return _checked_pair(X, y, name)
 
 
-def _checked_pair(X, y, name):
+def _checked_pair(X: NativeArray, y: NativeArray, name: str) -> tuple[NativeArray, NativeArray]:
     if X.ndim < 1:
         raise ValueError(f"{name}: X must have shape (n, *input_shape); got {tuple(X.shape)}")
     if y.ndim < 1 or y.shape[0] != X.shape[0]:
@@ -134,7 +150,9 @@ def _checked_pair(X, y, name):
     return X, y
 
 
-def batches(data, spec=DEFAULT):
+def batches(
+    data: Data, spec: DataSpec = DEFAULT,
+) -> Iterator[tuple[str, NativeArray, NativeArray | None]]:
     """``data`` as an iterator of ``(name, X, y or None)`` batches (see the module docstring).
 
     ``name`` is ``"data"`` for one array or pair, ``"data batch j"`` for the j-th batch of
@@ -156,8 +174,9 @@ def batches(data, spec=DEFAULT):
 
 
 def chunks(
-    data, chunk_size, *, need_targets, allow_empty=False, spec=DEFAULT, what="measure", check=None
-):
+    data: Data, chunk_size: int, *, need_targets: bool, allow_empty: bool = False,
+    spec: DataSpec = DEFAULT, what: str = "measure", check: Callable[[Any, str], Any] | None = None,
+) -> Iterator[tuple[NativeArray, NativeArray | None]]:
     """Chunks ``(X, y)`` of at most ``chunk_size`` examples, in data order.
 
     ``check(X, name)``, when given, validates (and may convert) each batch before it is
@@ -193,9 +212,9 @@ def chunks(
 
 
 def labelled_chunks(
-    adapter, data, loss, chunk_size, *, allow_empty=False, spec=DEFAULT, what="measure",
-    check=None,
-):
+    adapter: ModelAdapter, data: Data, loss: Loss, chunk_size: int, *, allow_empty: bool = False,
+    spec: DataSpec = DEFAULT, what: str = "measure", check: Callable[[Any, str], Any] | None = None,
+) -> Iterator[tuple[NativeArray, NDArray[np.float64]]]:
     """Chunks ``(X, targets)``, ``targets`` prepared by ``loss`` as float64 ``(n, k)``.
 
     ``check`` as in :func:`chunks` (default: ``adapter.check_batch``).
@@ -216,7 +235,7 @@ def labelled_chunks(
         yield X, loss.prepare_targets(y, X.shape[0], k, np.float64)
 
 
-def minibatches(data, batch_size, spec=DEFAULT):
+def minibatches(data: Data, batch_size: int | None, spec: DataSpec = DEFAULT) -> Iterable[Any]:
     """The mini-batches of the SGD term: a list or a generator of ``(X, y)`` pairs.
 
     One ``(X, y)`` tuple is cut into consecutive blocks of ``batch_size`` examples (the
@@ -241,7 +260,7 @@ def minibatches(data, batch_size, spec=DEFAULT):
     return ([X] if y is None else (X, y) for _, X, y in batches(data, spec))
 
 
-def reiterable(data, what):
+def reiterable(data: Data, what: str) -> None:
     """Refuse a one-shot iterator where a measure needs several passes over ``data``."""
     if not is_array(data) and not isinstance(data, tuple) and iter(data) is data:
         raise TypeError(

@@ -26,6 +26,7 @@ Index conventions as in :mod:`gcref.primitives`: ``N`` examples, ``k`` outputs,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +36,16 @@ from gcref.losses import get_loss
 from gcref.mlp import MLP
 from gcref.params import combine, flat_arrays, pairs, scale, sq_norm, unflatten_params
 from gcref.primitives import Call
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import ArrayLike, NDArray
+
+    from gcref._typing import BackendLike, LossLike, MLPParams, NativeArray, NumpyParams
+    from gcref.backends._autodiff import AutodiffBackend
+    from gcref.backends._base import Backend
+    from gcref.losses import Loss
 
 __all__ = [
     "ResidualFactorisation",
@@ -51,7 +62,9 @@ __all__ = [
 ]
 
 
-def native_gradient(backend, fn, params):
+def native_gradient(
+    backend: AutodiffBackend, fn: Callable[[list[tuple[Any, Any]]], NativeArray], params: MLPParams,
+) -> list[tuple[Any, Any]]:
     """Gradient of the native scalar ``fn(params)`` by the backend's reverse mode.
 
     Only for autodiff backends; ``params`` is a list of ``(W, b)`` native pairs.
@@ -61,7 +74,9 @@ def native_gradient(backend, fn, params):
 
 
 # -- partitions --------------------------------------------------------------------
-def check_partition(batches, n_examples, name="batches"):
+def check_partition(
+    batches: Sequence[ArrayLike], n_examples: int, name: str = "batches",
+) -> list[NDArray[np.int64]]:
     """Validate a partition of ``range(n_examples)`` into index arrays.
 
     Parameters
@@ -91,25 +106,35 @@ def check_partition(batches, n_examples, name="batches"):
 
 
 # -- penalties on native arrays ----------------------------------------------------
-def gd_penalty_native(backend, mlp, params, X, targets, loss):
+def gd_penalty_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+) -> NativeArray:
     """``||grad L||^2`` (docs/math.md section 5), a native scalar."""
     return sq_norm(backend.loss_grad(mlp, params, X, targets, loss), backend.xp)
 
 
-def gd_penalty_grad_native(backend, mlp, params, X, targets, loss):
+def gd_penalty_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+) -> list[tuple[Any, Any]]:
     """``grad ||grad L||^2 = 2 H grad L`` (docs/math.md section 5), one Hessian-vector product."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     return scale(2.0, backend.loss_hvp(mlp, params, X, targets, loss, g))
 
 
-def sgd_penalty_native(backend, mlp, params, X, targets, loss, batches):
+def sgd_penalty_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    batches: Sequence[NDArray[np.integer[Any]]],
+) -> NativeArray:
     """``sum_j ||grad L_{B_j}||^2`` over the mini-batches ``batches`` (index arrays)."""
     return sum(
         gd_penalty_native(backend, mlp, params, X[idx], targets[idx], loss) for idx in batches
     )
 
 
-def sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches):
+def sgd_penalty_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    batches: Sequence[NDArray[np.integer[Any]]],
+) -> list[tuple[Any, Any]] | None:
     """``sum_j 2 H_{B_j} grad L_{B_j}``: one Hessian-vector product per mini-batch."""
     total = None
     for idx in batches:
@@ -118,13 +143,17 @@ def sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches):
     return total
 
 
-def per_example_penalty_native(backend, mlp, params, X, targets, loss):
+def per_example_penalty_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+) -> NativeArray:
     """``sum_n ||grad_theta l_n||^2`` from ``||g_i||^2 (1 + ||h_i||^2)`` (docs/math.md sections 1, 4)."""
     w, b = backend.loss_grad_sq_norms(mlp, params, X, targets, loss)
     return backend.xp.sum(w) + backend.xp.sum(b)
 
 
-def per_example_penalty_grad_native(backend, mlp, params, X, targets, loss):
+def per_example_penalty_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+) -> Any:
     """``grad sum_n ||grad_theta l_n||^2 = 2 sum_n H_n grad_theta l_n``.
 
     The backend's :meth:`~gcref.backends._base.Backend.per_example_penalty_grad`:
@@ -134,12 +163,16 @@ def per_example_penalty_grad_native(backend, mlp, params, X, targets, loss):
     return backend.per_example_penalty_grad(mlp, params, X, targets, loss)
 
 
-def residuals_native(backend, output, targets, loss):
+def residuals_native(
+    backend: Backend, output: NativeArray, targets: NativeArray, loss: Loss,
+) -> NativeArray:
     """``eps = dl/df`` at ``output`` (docs/math.md section 4), native and differentiable."""
     return backend.residuals(output, targets, loss)
 
 
-def per_example_penalty_residual_native(backend, mlp, params, X, targets, loss):
+def per_example_penalty_residual_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+) -> NativeArray:
     """``sum_n eps_n^2 ||grad_theta f(x_n)||^2`` for one output (docs/math.md section 4)."""
     if mlp.output_dim != 1:
         raise ValueError(
@@ -153,34 +186,49 @@ def per_example_penalty_residual_native(backend, mlp, params, X, targets, loss):
 
 
 # -- modified losses on native arrays ----------------------------------------------
-def modified_loss_gd_native(backend, mlp, params, X, targets, loss, h):
+def modified_loss_gd_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float,
+) -> NativeArray:
     """``L + (h/4) ||grad L||^2``."""
     L = backend.mean_loss(mlp, params, X, targets, loss)
     return L + (h / 4.0) * gd_penalty_native(backend, mlp, params, X, targets, loss)
 
 
-def modified_loss_gd_grad_native(backend, mlp, params, X, targets, loss, h):
+def modified_loss_gd_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float,
+) -> list[tuple[Any, Any]]:
     """``grad L + (h/2) H grad L``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     hg = backend.loss_hvp(mlp, params, X, targets, loss, g)
     return combine(1.0, g, h / 2.0, hg)
 
 
-def modified_loss_sgd_native(backend, mlp, params, X, targets, loss, h, batches):
+def modified_loss_sgd_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float, batches: Sequence[NDArray[np.integer[Any]]],
+) -> NativeArray:
     """``L + h/(4m) sum_j ||grad L_{B_j}||^2``."""
     L = backend.mean_loss(mlp, params, X, targets, loss)
     penalty = sgd_penalty_native(backend, mlp, params, X, targets, loss, batches)
     return L + (h / (4.0 * len(batches))) * penalty
 
 
-def modified_loss_sgd_grad_native(backend, mlp, params, X, targets, loss, h, batches):
+def modified_loss_sgd_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float, batches: Sequence[NDArray[np.integer[Any]]],
+) -> list[tuple[Any, Any]]:
     """``grad L + h/(4m) sum_j 2 H_{B_j} grad L_{B_j}``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     pg = sgd_penalty_grad_native(backend, mlp, params, X, targets, loss, batches)
-    return combine(1.0, g, h / (4.0 * len(batches)), pg)
+    return combine(1.0, g, h / (4.0 * len(batches)), pg)  # type: ignore[arg-type]
 
 
-def modified_loss_per_example_native(backend, mlp, params, X, targets, loss, h, form="gradient"):
+def modified_loss_per_example_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float, form: str = "gradient",
+) -> NativeArray:
     """``L + h/(4N) sum_n ||grad_theta l_n||^2`` in the ``"gradient"`` or ``"residual"`` form."""
     penalty_fn = {
         "gradient": per_example_penalty_native,
@@ -191,7 +239,10 @@ def modified_loss_per_example_native(backend, mlp, params, X, targets, loss, h, 
     return L + (h / (4.0 * n)) * penalty_fn(backend, mlp, params, X, targets, loss)
 
 
-def modified_loss_per_example_grad_native(backend, mlp, params, X, targets, loss, h):
+def modified_loss_per_example_grad_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray, targets: NativeArray, loss: Loss,
+    h: float,
+) -> list[tuple[Any, Any]]:
     """``grad L + h/(4N) grad sum_n ||grad_theta l_n||^2``."""
     g = backend.loss_grad(mlp, params, X, targets, loss)
     pg = per_example_penalty_grad_native(backend, mlp, params, X, targets, loss)
@@ -199,7 +250,9 @@ def modified_loss_per_example_grad_native(backend, mlp, params, X, targets, loss
 
 
 # -- public functions, NumPy in and out: the MLP spellings of gcref.models ----------------
-def _data(mlp, params, X, y, loss):
+def _data(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike,
+) -> tuple[NDArray[Any], Any]:
     """``(X, y)`` checked as one batch, ``X`` under its own name and ``y`` against the loss."""
     if not isinstance(mlp, MLP):
         raise not_an_mlp(mlp)
@@ -211,19 +264,22 @@ def _data(mlp, params, X, y, loss):
     return X, (y if hasattr(y, "shape") else np.asarray(y))
 
 
-def _grad_tuple(vector, mlp, params):
+def _grad_tuple(vector: ArrayLike, mlp: MLP, params: MLPParams) -> NumpyParams:
     params = mlp.check_params(params)
     dtype = params[0][0].dtype
     return tuple((W.astype(dtype), b.astype(dtype)) for W, b in unflatten_params(vector, params))
 
 
-def _partition(batches, X, y):
+def _partition(batches: Sequence[ArrayLike], X: NDArray[Any], y: Any) -> list[tuple[Any, Any]]:
     """The mini-batches of a partition of ``range(N)``, as a list of ``(X_j, y_j)``."""
     batches = check_partition(batches, X.shape[0])
     return [(X[idx], y[idx]) for idx in batches]
 
 
-def modified_loss_gd(mlp, params, X, y, loss, h, *, backend="numpy"):
+def modified_loss_gd(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float, *,
+    backend: BackendLike = "numpy",
+) -> float:
     """Modified loss of full-batch gradient descent with step ``h``.
 
     The MLP spelling of :func:`gcref.models.modified_loss_gd`.
@@ -255,7 +311,10 @@ def modified_loss_gd(mlp, params, X, y, loss, h, *, backend="numpy"):
     )
 
 
-def modified_loss_gd_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
+def modified_loss_gd_grad(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float, *,
+    backend: BackendLike = "numpy",
+) -> NumpyParams:
     """Gradient of :func:`modified_loss_gd`, a tuple of ``(dW_i, db_i)`` like ``params``.
 
     Notes
@@ -270,7 +329,10 @@ def modified_loss_gd_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
     return _grad_tuple(vector, mlp, params)
 
 
-def modified_loss_sgd(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
+def modified_loss_sgd(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float,
+    batches: Sequence[ArrayLike], *, backend: BackendLike = "numpy",
+) -> float:
     """Modified loss of one epoch of SGD with step ``h`` over the partition ``batches``.
 
     The MLP spelling of :func:`gcref.models.modified_loss_sgd`.
@@ -298,7 +360,10 @@ def modified_loss_sgd(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
     )
 
 
-def modified_loss_sgd_grad(mlp, params, X, y, loss, h, batches, *, backend="numpy"):
+def modified_loss_sgd_grad(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float,
+    batches: Sequence[ArrayLike], *, backend: BackendLike = "numpy",
+) -> NumpyParams:
     """Gradient of :func:`modified_loss_sgd`, a tuple of ``(dW_i, db_i)``.
 
     Notes
@@ -314,7 +379,10 @@ def modified_loss_sgd_grad(mlp, params, X, y, loss, h, batches, *, backend="nump
     return _grad_tuple(vector, mlp, params)
 
 
-def modified_loss_per_example(mlp, params, X, y, loss, h, *, form="gradient", backend="numpy"):
+def modified_loss_per_example(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float, *,
+    form: str = "gradient", backend: BackendLike = "numpy",
+) -> float:
     """Modified loss of SGD with batch size 1 (seed 000, eq. 6).
 
     The MLP spelling of :func:`gcref.models.modified_loss_per_example`.
@@ -342,7 +410,10 @@ def modified_loss_per_example(mlp, params, X, y, loss, h, *, form="gradient", ba
     )
 
 
-def modified_loss_per_example_grad(mlp, params, X, y, loss, h, *, backend="numpy"):
+def modified_loss_per_example_grad(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, h: float, *,
+    backend: BackendLike = "numpy",
+) -> NumpyParams:
     """Gradient of :func:`modified_loss_per_example`, a tuple of ``(dW_i, db_i)``.
 
     Notes
@@ -378,19 +449,21 @@ class ResidualFactorisation:
         ``eps_n^T J_theta J_theta^T eps_n``, which equals ``loss_grad_sq``.
     """
 
-    loss_grad_sq: np.ndarray
-    residual_sq: np.ndarray
-    param_grad_sq: np.ndarray
-    jacobian_spectral_sq: np.ndarray
-    quadratic_form: np.ndarray
+    loss_grad_sq: NDArray[np.floating[Any]]
+    residual_sq: NDArray[np.floating[Any]]
+    param_grad_sq: NDArray[np.floating[Any]]
+    jacobian_spectral_sq: NDArray[np.floating[Any]]
+    quadratic_form: NDArray[np.floating[Any]]
 
     @property
-    def bound(self):
+    def bound(self) -> NDArray[np.floating[Any]]:
         """``||eps_n||^2 ||J_theta||_2^2 >= ||grad_theta l_n||^2``, shape (N,)."""
         return self.residual_sq * self.jacobian_spectral_sq
 
 
-def jacobian_gram_native(backend, mlp, params, X):
+def jacobian_gram_native(
+    backend: Backend, mlp: MLP, params: MLPParams, X: NativeArray,
+) -> NativeArray:
     """``J_theta J_theta^T = sum_i Delta_i Delta_i^T (1 + ||h_i||^2)``, shape (N, k, k).
 
     ``J_theta(x)`` is the k x P parameter Jacobian; ``df_c/dW_i = outer(Delta_i[c], h_i)``
@@ -406,7 +479,10 @@ def jacobian_gram_native(backend, mlp, params, X):
     )
 
 
-def residual_factorisation(mlp, params, X, y, loss, *, backend="numpy"):
+def residual_factorisation(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> ResidualFactorisation:
     """Per-example factorisation of the loss gradient through the residual.
 
     Returns
@@ -448,11 +524,14 @@ class PressureTransfer:
         ``eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``, never larger than ``loss_grad_sq``.
     """
 
-    loss_grad_sq: np.ndarray
-    input_pressure: np.ndarray
+    loss_grad_sq: NDArray[np.floating[Any]]
+    input_pressure: NDArray[np.floating[Any]]
 
 
-def pressure_transfer(mlp, params, X, y, loss, *, backend="numpy"):
+def pressure_transfer(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> PressureTransfer:
     """The transfer of the per-example pressure to the input gradient (one output).
 
     Returns

@@ -13,14 +13,21 @@ for the logistic loss, one-hot rows for softmax cross-entropy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from gcref._checks import check_float_array
 from gcref._xp import array_ops
 from gcref.activations import sigmoid
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-def _softmax(f):
+    from gcref._typing import LossLike, NativeArray
+
+
+def _softmax(f: NDArray[Any]) -> NDArray[Any]:
     shifted = f - np.max(f, axis=-1, keepdims=True)
     e = np.exp(shifted)
     return e / np.sum(e, axis=-1, keepdims=True)
@@ -31,23 +38,27 @@ class Loss:
 
     name = ""
 
-    def prepare_targets(self, y, n_examples, k, dtype):
+    def prepare_targets(
+        self, y: ArrayLike, n_examples: int, k: int, dtype: DTypeLike
+    ) -> NDArray[Any]:
         """Check ``y`` and return it as a float array of shape ``(N, k)``."""
         raise NotImplementedError
 
-    def per_example(self, f, targets):
+    def per_example(self, f: NativeArray, targets: NativeArray) -> NativeArray:
         """``l(f_n, y_n)`` for every example, shape ``(N,)``, in the arrays' own framework."""
         raise NotImplementedError
 
-    def residual(self, f, targets):
+    def residual(self, f: NDArray[Any], targets: NDArray[Any]) -> NDArray[Any]:
         """``eps = dl/df``, shape ``(N, k)``, in NumPy."""
         raise NotImplementedError
 
-    def hessian_vector(self, f, targets, v):
+    def hessian_vector(
+        self, f: NDArray[Any], targets: NDArray[Any], v: NDArray[Any]
+    ) -> NDArray[Any]:
         """``(d^2 l / df^2) v`` per example, shape ``(N, k)``, in NumPy."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -56,7 +67,9 @@ class SquaredLoss(Loss):
 
     name = "squared"
 
-    def prepare_targets(self, y, n_examples, k, dtype):
+    def prepare_targets(
+        self, y: ArrayLike, n_examples: int, k: int, dtype: DTypeLike
+    ) -> NDArray[Any]:
         y = check_float_array(y, "y", dtype=dtype)
         if y.ndim == 1 and k == 1:
             y = y[:, None]
@@ -68,15 +81,17 @@ class SquaredLoss(Loss):
             )
         return y
 
-    def per_example(self, f, targets):
+    def per_example(self, f: NativeArray, targets: NativeArray) -> NativeArray:
         ops = array_ops(f)
         r = f - targets
         return 0.5 * ops.sum_rows(r * r)
 
-    def residual(self, f, targets):
+    def residual(self, f: NDArray[Any], targets: NDArray[Any]) -> NDArray[Any]:
         return f - targets
 
-    def hessian_vector(self, f, targets, v):
+    def hessian_vector(
+        self, f: NDArray[Any], targets: NDArray[Any], v: NDArray[Any]
+    ) -> NDArray[Any]:
         return v
 
 
@@ -85,7 +100,9 @@ class LogisticLoss(Loss):
 
     name = "logistic"
 
-    def prepare_targets(self, y, n_examples, k, dtype):
+    def prepare_targets(
+        self, y: ArrayLike, n_examples: int, k: int, dtype: DTypeLike
+    ) -> NDArray[Any]:
         if k != 1:
             raise ValueError(f"the logistic loss needs k = 1 output; the model has k = {k}")
         y = np.asarray(y)
@@ -97,16 +114,18 @@ class LogisticLoss(Loss):
             raise ValueError("y must hold binary labels 0 or 1 for the logistic loss")
         return y.astype(dtype)[:, None]
 
-    def per_example(self, f, targets):
+    def per_example(self, f: NativeArray, targets: NativeArray) -> NativeArray:
         ops = array_ops(f)
         xp = ops.xp
         softplus = xp.where(f > 0, f, 0.0 * f) + xp.log1p(xp.exp(-xp.abs(f)))
         return ops.sum_rows(softplus - targets * f)
 
-    def residual(self, f, targets):
+    def residual(self, f: NDArray[Any], targets: NDArray[Any]) -> NDArray[Any]:
         return sigmoid(f) - targets
 
-    def hessian_vector(self, f, targets, v):
+    def hessian_vector(
+        self, f: NDArray[Any], targets: NDArray[Any], v: NDArray[Any]
+    ) -> NDArray[Any]:
         s = sigmoid(f)
         return s * (1.0 - s) * v
 
@@ -120,7 +139,9 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "softmax_cross_entropy"
 
-    def prepare_targets(self, y, n_examples, k, dtype):
+    def prepare_targets(
+        self, y: ArrayLike, n_examples: int, k: int, dtype: DTypeLike
+    ) -> NDArray[Any]:
         if k < 2:
             raise ValueError(f"softmax cross-entropy needs k >= 2 outputs; the model has k = {k}")
         y = np.asarray(y)
@@ -141,14 +162,16 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("one-hot targets y must be non-negative rows that sum to 1")
         return y
 
-    def per_example(self, f, targets):
+    def per_example(self, f: NativeArray, targets: NativeArray) -> NativeArray:
         ops = array_ops(f)
         return ops.logsumexp_rows(f) - ops.sum_rows(targets * f)
 
-    def residual(self, f, targets):
+    def residual(self, f: NDArray[Any], targets: NDArray[Any]) -> NDArray[Any]:
         return _softmax(f) - targets
 
-    def hessian_vector(self, f, targets, v):
+    def hessian_vector(
+        self, f: NDArray[Any], targets: NDArray[Any], v: NDArray[Any]
+    ) -> NDArray[Any]:
         p = _softmax(f)
         return p * v - p * np.sum(p * v, axis=-1, keepdims=True)
 
@@ -156,12 +179,12 @@ class SoftmaxCrossEntropy(Loss):
 _LOSSES = {cls.name: cls() for cls in (SquaredLoss, LogisticLoss, SoftmaxCrossEntropy)}
 
 
-def loss_names():
+def loss_names() -> list[str]:
     """Names of the built-in losses."""
     return sorted(_LOSSES)
 
 
-def get_loss(spec):
+def get_loss(spec: LossLike) -> Loss:
     """Return the ``Loss`` for a name or a ``Loss`` instance."""
     if isinstance(spec, Loss):
         return spec

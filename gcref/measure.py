@@ -361,7 +361,8 @@ def save_jax_params(path: str | os.PathLike[str], params: Any) -> None:
     import jax
 
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    np.savez(path, **{jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in leaves})
+    arrays: dict[str, Any] = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in leaves}
+    np.savez(path, **arrays)
 
 
 def _npz_into(template: Any, arrays: Mapping[str, NDArray[Any]], where: str) -> Any:
@@ -669,15 +670,18 @@ def measure_quantities(
         return grad_norms(models.output_grad_sq_norms(model.model, data.data, **common))
 
     def loss_grad_sq_norms() -> dict[str, Any]:
+        assert loss is not None
         return grad_norms(models.loss_grad_sq_norms(model.model, data.data, loss, **common))
 
     def igr_terms() -> dict[str, Any]:
+        assert loss is not None
         r = models.igr_terms(model.model, data.data, loss, batch_size=batch_size, **common)
         out = r.to_dict()
         out.pop("type")
         return out
 
     def mean_loss() -> dict[str, Any]:
+        assert loss is not None
         value = models.mean_loss(model.model, data.data, loss, **common)
         return _with({"value": value}, {"loss": loss, "chunk_size": chunk_size}, None)
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import itertools
 import sys
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import numpy as np
 
@@ -56,6 +57,16 @@ from gcref.data import DataSpec, chunks, labelled_chunks, minibatches, reiterabl
 from gcref.losses import get_loss
 from gcref.mlp import MLP
 from gcref.results import Complexity, ComplexityEstimate, GradNorms, IGRTerms
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from numpy.typing import ArrayLike, NDArray
+
+    from gcref._typing import BackendLike, Data, LossLike, Model, NativeArray
+    from gcref.losses import Loss
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
     "IGRTerms",
@@ -87,7 +98,7 @@ PROBES = ("gaussian", "rademacher", "sphere")
 # -- models ----------------------------------------------------------------------------------
 
 
-def wrap(model, params=None, backend=None):
+def wrap(model: Model, params: Any = None, backend: BackendLike | None = None) -> ModelAdapter:
     """The :class:`~gcref.backends.adapter.ModelAdapter` for a model.
 
     Parameters
@@ -142,7 +153,7 @@ def wrap(model, params=None, backend=None):
     )
 
 
-def _check_own_backend(backend, own, what):
+def _check_own_backend(backend: BackendLike | None, own: str, what: str) -> None:
     if backend is not None and backend != own:
         raise TypeError(
             f"backend={backend!r} does not apply to {what}: it is measured in {own} "
@@ -150,12 +161,12 @@ def _check_own_backend(backend, own, what):
         )
 
 
-def _is_torch_module(model):
+def _is_torch_module(model: Any) -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def _measure(fn):
+def _measure(fn: F) -> F:
     """Run the measure ``fn`` on the adapter of its model, inside one adapter session.
 
     The model is wrapped once (:func:`wrap`) and every chunk of the call runs inside
@@ -164,19 +175,25 @@ def _measure(fn):
     """
 
     @functools.wraps(fn)
-    def measure(model, *args, params=None, backend=None, **kwargs):
+    def measure(
+        model: Model, *args: Any, params: Any = None, backend: BackendLike | None = None,
+        **kwargs: Any,
+    ) -> Any:
         adapter = wrap(model, params, backend)
         with adapter.session():
             return fn(adapter, *args, **kwargs)
 
-    return measure
+    return measure  # type: ignore[return-value]
 
 
-def _spec(input_key, target_key, batch_fn, progress):
+def _spec(
+    input_key: str | None, target_key: str | None, batch_fn: Callable[[Any], Any] | None,
+    progress: bool | None,
+) -> DataSpec:
     return DataSpec(input_key, target_key, batch_fn, progress)
 
 
-def _checked(adapter, chunk_size):
+def _checked(adapter: ModelAdapter, chunk_size: int) -> Callable[[Any, str], Any]:
     """``adapter.check_batch``, and once per call the check that examples are independent.
 
     Per-example quantities (``J(x_n)``, ``grad_theta l_n``) exist only when the model
@@ -189,7 +206,7 @@ def _checked(adapter, chunk_size):
     """
     pending = [not adapter.examples_independent]
 
-    def check(X, name):
+    def check(X: NativeArray, name: str) -> Any:
         X = adapter.check_batch(X, name)
         if pending and X.shape[0] >= 2:
             pending.clear()
@@ -199,7 +216,7 @@ def _checked(adapter, chunk_size):
     return check
 
 
-def _check_independent(adapter, X):
+def _check_independent(adapter: ModelAdapter, X: NativeArray) -> None:
     whole = adapter.outputs(X)
     half = X.shape[0] // 2
     parts = np.concatenate([adapter.outputs(X[:half]), adapter.outputs(X[half:])])
@@ -216,12 +233,12 @@ def _check_independent(adapter, X):
         )
 
 
-def _check_count(count):
+def _check_count(count: float) -> None:
     if count == 0:
         raise ValueError("data holds no example: the measure is a mean over at least one example")
 
 
-def _settings(adapter, spec, **extra):
+def _settings(adapter: ModelAdapter, spec: DataSpec, **extra: Any) -> dict[str, Any]:
     out = {"model": repr(adapter), **spec.settings()}
     out.update({k: (v.name if hasattr(v, "name") and not isinstance(v, str) else v) for k, v in extra.items()})
     return out
@@ -230,11 +247,40 @@ def _settings(adapter, spec, **extra):
 # -- geometric complexity -------------------------------------------------------------------
 
 
+@overload
+def geometric_complexity(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: Literal[False] = False,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float: ...
+
+
+@overload
+def geometric_complexity(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: Literal[True],
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> Complexity: ...
+
+
+@overload
+def geometric_complexity(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: bool,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float | Complexity: ...
+
+
 @_measure
 def geometric_complexity(
-    model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: bool = False,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float | Complexity:
     """Exact geometric complexity ``GC(f, D) = (1/N) sum_n ||J(x_n)||_F^2``.
 
     Parameters
@@ -288,11 +334,40 @@ def geometric_complexity(
     return Complexity(value, local, _settings(adapter, spec, chunk_size=chunk_size, mode=mode))
 
 
+@overload
+def dirichlet_energy(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: Literal[False] = False,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float: ...
+
+
+@overload
+def dirichlet_energy(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: Literal[True],
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> Complexity: ...
+
+
+@overload
+def dirichlet_energy(
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: bool,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float | Complexity: ...
+
+
 @_measure
 def dirichlet_energy(
-    model, data, *, params=None, backend=None, chunk_size=256, mode="auto", per_example=False,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, mode: str = "auto", per_example: bool = False,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float | Complexity:
     """Discrete Dirichlet energy ``DE^(f, D) = GC(f, D) / 2`` (docs/math.md section 2; seed 000, eq. 5).
 
     Same parameters and return type as :func:`geometric_complexity`; per-example values
@@ -308,7 +383,9 @@ def dirichlet_energy(
     return half if per_example else half.value
 
 
-def draw_probes(rng, probe, shape):
+def draw_probes(
+    rng: np.random.Generator, probe: str, shape: tuple[int, ...],
+) -> NDArray[np.float64]:
     """Probes of ``shape`` ``(..., k)``, drawn in row-major order so that chunking does not change them.
 
     ``"gaussian"``: standard normal entries; ``"rademacher"``: independent signs;
@@ -324,9 +401,11 @@ def draw_probes(rng, probe, shape):
 
 @_measure
 def estimate_geometric_complexity(
-    model, data, rng, *, params=None, backend=None, n_probes=1, probe="gaussian", chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, rng: np.random.Generator, *, params: Any = None,
+    backend: BackendLike | None = None, n_probes: int = 1, probe: str = "gaussian",
+    chunk_size: int = 256, input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> ComplexityEstimate:
     """Unbiased probe estimate of ``GC(f, D)`` with its standard error.
 
     Parameters
@@ -392,9 +471,10 @@ def estimate_geometric_complexity(
 
 @_measure
 def output_grad_sq_norms(
-    model, data, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, *, params: Any = None, backend: BackendLike | None = None,
+    chunk_size: int = 256, input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> GradNorms:
     """Per-example ``||grad_theta f(x_n)||_F^2`` (summed over the k outputs), by parameter tensor.
 
     Returns
@@ -425,9 +505,11 @@ def output_grad_sq_norms(
 
 @_measure
 def loss_grad_sq_norms(
-    model, data, loss, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> GradNorms:
     """Per-example ``||grad_theta l_n||^2``, by parameter tensor (docs/math.md sections 1 and 4).
 
     ``loss`` is a name (``"squared"``, ``"logistic"``, ``"softmax_cross_entropy"``) or a
@@ -449,7 +531,10 @@ def loss_grad_sq_norms(
 # -- the loss, its gradient and its Hessian ------------------------------------------------
 
 
-def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=False, check=None):
+def _loss_sum_and_grad(
+    adapter: ModelAdapter, data: Data, loss: Loss, chunk_size: int, spec: DataSpec, what: str,
+    penalty: bool = False, check: Callable[[Any, str], Any] | None = None,
+) -> tuple[Any, ...]:
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
     zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
     total, grad, hg, count = 0.0, zero, zero, 0
@@ -467,7 +552,10 @@ def _loss_sum_and_grad(adapter, data, loss, chunk_size, spec, what, penalty=Fals
     return total, grad, float(count)
 
 
-def _hvp_sum(adapter, data, loss, native_vector, chunk_size, spec, what, check=None):
+def _hvp_sum(
+    adapter: ModelAdapter, data: Data, loss: Loss, native_vector: NativeArray, chunk_size: int,
+    spec: DataSpec, what: str, check: Callable[[Any, str], Any] | None = None,
+) -> tuple[NativeArray, float]:
     """``(sum_n H_n v, N)`` all-reduced."""
     total, count = 0.0 * native_vector, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
@@ -480,15 +568,17 @@ def _hvp_sum(adapter, data, loss, native_vector, chunk_size, spec, what, check=N
     return total, float(count)
 
 
-def _as_numpy_vector(adapter, native):
+def _as_numpy_vector(adapter: ModelAdapter, native: NativeArray) -> NDArray[np.float64]:
     return np.asarray(adapter.to_numpy(native), dtype=np.float64)
 
 
 @_measure
 def mean_loss(
-    model, data, loss, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> float:
     """The empirical loss ``L = (1/N) sum_n l(f(x_n), y_n)``, a float (docs/math.md section 4)."""
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
@@ -505,9 +595,11 @@ def mean_loss(
 
 @_measure
 def loss_grad(
-    model, data, loss, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> NDArray[np.float64]:
     """``grad_theta L``, float64 ``(p,)`` in the order of :func:`parameter_vector`."""
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
@@ -520,9 +612,11 @@ def loss_grad(
 
 @_measure
 def loss_hvp(
-    model, data, loss, vector, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, vector: ArrayLike, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> NDArray[np.float64]:
     """Hessian of the mean loss ``L`` times ``vector``, float64 ``(p,)`` (docs/math.md section 5).
 
     Parameters
@@ -553,7 +647,9 @@ def loss_hvp(
     return _as_numpy_vector(adapter, total) / count
 
 
-def parameter_vector(model, *, params=None, backend=None):
+def parameter_vector(
+    model: Model, *, params: Any = None, backend: BackendLike | None = None,
+) -> NDArray[np.float64]:
     """The model's parameters, flattened in the order every gradient here uses, float64 ``(p,)``."""
     return wrap(model, params, backend).parameter_vector()
 
@@ -561,7 +657,7 @@ def parameter_vector(model, *, params=None, backend=None):
 # -- implicit gradient regularisation -------------------------------------------------------
 
 
-def _agree_on_batch(adapter, batch, j):
+def _agree_on_batch(adapter: ModelAdapter, batch: Any, j: int) -> bool:
     """Whether every process has a j-th mini-batch (all-reduced: all of them take part)."""
     have, world = adapter.all_reduce_sum(np.array([batch is not None, 1.0], dtype=np.float64))
     if have == 0:
@@ -574,7 +670,9 @@ def _agree_on_batch(adapter, batch, j):
     return True
 
 
-def _each_minibatch(adapter, data, batch_size, spec):
+def _each_minibatch(
+    adapter: ModelAdapter, data: Data, batch_size: int | None, spec: DataSpec,
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(j, batch)`` for every mini-batch, the processes agreeing on each."""
     batches = iter(minibatches(data, batch_size, spec))
     for j in itertools.count():
@@ -586,9 +684,11 @@ def _each_minibatch(adapter, data, batch_size, spec):
 
 @_measure
 def igr_terms(
-    model, data, loss, *, params=None, backend=None, batch_size=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, *, params: Any = None,
+    backend: BackendLike | None = None, batch_size: int | None = None, chunk_size: int = 256,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> IGRTerms:
     """The loss and its implicit-regularisation terms over a data set (docs/math.md section 5).
 
     Parameters
@@ -654,15 +754,17 @@ def igr_terms(
     )
 
 
-def _check_h(h):
+def _check_h(h: object) -> float:
     return check_finite_scalar(h, "h", nonnegative=True)
 
 
 @_measure
 def modified_loss_gd(
-    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> float:
     """Modified loss of full-batch gradient descent with step ``h``, a float.
 
     Notes
@@ -682,9 +784,11 @@ def modified_loss_gd(
 
 @_measure
 def modified_loss_gd_grad(
-    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> NDArray[np.float64]:
     """Gradient of :func:`modified_loss_gd`, float64 ``(p,)``.
 
     Notes
@@ -706,7 +810,10 @@ def modified_loss_gd_grad(
     return _as_numpy_vector(adapter, g + hg * (h / (2 * count)))
 
 
-def _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, with_hvp):
+def _sgd_parts(
+    adapter: ModelAdapter, data: Data, loss: Loss, batch_size: int | None, chunk_size: int,
+    spec: DataSpec, with_hvp: bool,
+) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Per mini-batch: ``(sum l, sum grad l, n_j, [H_j grad L_j])``, all-reduced."""
     check = _checked(adapter, chunk_size)
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
@@ -727,9 +834,11 @@ def _sgd_parts(adapter, data, loss, batch_size, chunk_size, spec, with_hvp):
 
 @_measure
 def modified_loss_sgd(
-    model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, batch_size: int | None = None, chunk_size: int = 256,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float:
     """Modified loss of one epoch of SGD with step ``h`` over the mini-batches of ``data``.
 
     Parameters
@@ -759,9 +868,11 @@ def modified_loss_sgd(
 
 @_measure
 def modified_loss_sgd_grad(
-    model, data, loss, h, *, params=None, backend=None, batch_size=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, batch_size: int | None = None, chunk_size: int = 256,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> NDArray[np.float64]:
     """Gradient of :func:`modified_loss_sgd`, float64 ``(p,)``.
 
     Notes
@@ -779,7 +890,7 @@ def modified_loss_sgd_grad(
         penalty = hg if penalty is None else penalty + hg
         n, m = n + count, m + 1
     _check_count(n)
-    return _as_numpy_vector(adapter, grad_sum * (1.0 / n) + penalty * (h / (2 * m)))
+    return _as_numpy_vector(adapter, grad_sum * (1.0 / n) + penalty * (h / (2 * m)))  # type: ignore[operator]
 
 
 FORMS = ("gradient", "residual")
@@ -787,9 +898,11 @@ FORMS = ("gradient", "residual")
 
 @_measure
 def modified_loss_per_example(
-    model, data, loss, h, *, params=None, backend=None, form="gradient", chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, form: str = "gradient", chunk_size: int = 256,
+    input_key: str | None = None, target_key: str | None = None,
+    batch_fn: Callable[[Any], Any] | None = None, progress: bool | None = None,
+) -> float:
     """Modified loss of SGD with batch size 1 (seed 000, eq. 6), a float.
 
     Parameters
@@ -837,9 +950,11 @@ def modified_loss_per_example(
 
 @_measure
 def modified_loss_per_example_grad(
-    model, data, loss, h, *, params=None, backend=None, chunk_size=256,
-    input_key=None, target_key=None, batch_fn=None, progress=None,
-):
+    model: Model, data: Data, loss: LossLike, h: float, *, params: Any = None,
+    backend: BackendLike | None = None, chunk_size: int = 256, input_key: str | None = None,
+    target_key: str | None = None, batch_fn: Callable[[Any], Any] | None = None,
+    progress: bool | None = None,
+) -> NDArray[np.float64]:
     """Gradient of :func:`modified_loss_per_example`, float64 ``(p,)``.
 
     Notes

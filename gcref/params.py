@@ -11,7 +11,16 @@ Functions here work on any framework's arrays unless they say NumPy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import ArrayLike, NDArray
+
+    from gcref._typing import MLPParams, NumpyParams
 
 __all__ = [
     "combine",
@@ -30,50 +39,50 @@ __all__ = [
 ]
 
 
-def flat_arrays(params):
+def flat_arrays(params: MLPParams) -> tuple[Any, ...]:
     """``((W_1, b_1), ..., (W_l, b_l))`` -> ``(W_1, b_1, ..., W_l, b_l)``."""
     return tuple(a for pair in params for a in pair)
 
 
-def pairs(flat):
+def pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
     """Inverse of :func:`flat_arrays`: a list of ``(W_i, b_i)``."""
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
-def combine(alpha, x, beta, y):
+def combine(alpha: float, x: MLPParams, beta: float, y: MLPParams) -> list[tuple[Any, Any]]:
     """``alpha x + beta y`` for two parameter lists of the same structure."""
     return [(alpha * A + beta * B, alpha * a + beta * b) for (A, a), (B, b) in zip(x, y)]
 
 
-def scale(alpha, x):
+def scale(alpha: float, x: MLPParams) -> list[tuple[Any, Any]]:
     """``alpha x`` for a parameter list."""
     return [(alpha * A, alpha * a) for A, a in x]
 
 
-def sq_norm(params, xp):
+def sq_norm(params: MLPParams, xp: Any) -> Any:
     """``sum_i ||W_i||_F^2 + ||b_i||^2``, a scalar of the arrays' framework (``xp`` its namespace)."""
     return sum(xp.sum(A * A) + xp.sum(a * a) for A, a in params)
 
 
-def params_dtype(params):
+def params_dtype(params: MLPParams) -> np.dtype[Any]:
     """dtype of the first weight matrix (NumPy)."""
     return np.asarray(params[0][0]).dtype
 
 
-def tree_leaves(tree):
+def tree_leaves(tree: Any) -> list[NDArray[Any]]:
     """The arrays of nested tuples and lists (or of one array or scalar), depth first, as NumPy."""
     if isinstance(tree, (tuple, list)):
         return [leaf for item in tree for leaf in tree_leaves(item)]
     return [np.asarray(tree)]
 
 
-def flatten_tree(tree):
+def flatten_tree(tree: Any) -> NDArray[Any]:
     """Nested tuples and lists of arrays (or one array, or a scalar) -> one 1-D NumPy vector."""
     leaves = tree_leaves(tree)
     return np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
 
 
-def unflatten_tree(vector, like):
+def unflatten_tree(vector: ArrayLike, like: Any) -> Any:
     """Inverse of :func:`flatten_tree`, with the structure, shapes and dtypes of ``like``.
 
     Raises
@@ -84,7 +93,7 @@ def unflatten_tree(vector, like):
     vector = np.asarray(vector)
     pos = 0
 
-    def build(node):
+    def build(node: Any) -> Any:
         nonlocal pos
         if isinstance(node, (tuple, list)):
             return type(node)(build(item) for item in node)
@@ -99,12 +108,12 @@ def unflatten_tree(vector, like):
     return out
 
 
-def flatten_params(params):
+def flatten_params(params: MLPParams) -> NDArray[Any]:
     """Concatenate ``(W_1, b_1, ..., W_l, b_l)`` into one NumPy vector, each array row-major."""
     return flatten_tree(params)
 
 
-def unflatten_params(vector, like):
+def unflatten_params(vector: ArrayLike, like: MLPParams) -> NumpyParams:
     """Inverse of :func:`flatten_params`, with the shapes of ``like`` (NumPy).
 
     Raises
@@ -126,11 +135,11 @@ def unflatten_params(vector, like):
     return tuple(out)
 
 
-def params_map(fn, *trees):
+def params_map(fn: Callable[..., Any], *trees: MLPParams) -> tuple[tuple[Any, ...], ...]:
     """Apply ``fn`` entry-wise to one or more parameter tuples of the same structure."""
     return tuple(tuple(fn(*arrays) for arrays in zip(*group)) for group in zip(*trees))
 
 
-def params_inner(a, b):
+def params_inner(a: MLPParams, b: MLPParams) -> float:
     """Euclidean inner product of two parameter tuples (NumPy), a float."""
     return float(sum(np.vdot(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb)))

@@ -10,6 +10,8 @@ Index conventions: layers are listed 0-based (entry ``i - 1`` belongs to layer i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from gcref import models
@@ -21,11 +23,27 @@ from gcref.mlp import MLP
 from gcref.params import flatten_params, unflatten_params
 from gcref.results import GradNorms
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+    from typing_extensions import Self
+
+    from gcref._typing import BackendLike, LossLike, MLPParams, NativeArray, NumpyParams
+
 
 class Call:
     """A checked call into one backend: validated NumPy inputs and their native twins."""
 
-    def __init__(self, mlp, params, X, backend, y=None, loss=None):
+    # ``None`` when the call has no loss; the functions with a loss read them unchecked.
+    loss: Any
+    targets: Any
+
+    def __init__(
+        self, mlp: MLP, params: MLPParams, X: ArrayLike, backend: BackendLike,
+        y: ArrayLike | None = None, loss: LossLike | None = None,
+    ) -> None:
         if not isinstance(mlp, MLP):
             raise not_an_mlp(mlp)
         self.mlp = mlp
@@ -42,13 +60,13 @@ class Call:
                 y, self.X.shape[0], mlp.output_dim, self.dtype
             )
 
-    def native(self, x):
+    def native(self, x: ArrayLike) -> NativeArray:
         return self.backend.asarray(x)
 
-    def native_params(self, params=None):
+    def native_params(self, params: MLPParams | None = None) -> list[tuple[Any, Any]]:
         return [(self.native(W), self.native(b)) for W, b in (params or self.params)]
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self._scope = self.backend.scope(self.dtype)
         self._scope.__enter__()
         self.nparams = self.native_params()
@@ -56,17 +74,19 @@ class Call:
         self.ntargets = None if self.targets is None else self.native(self.targets)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Any:
         return self._scope.__exit__(*exc)
 
-    def numpy(self, x):
+    def numpy(self, x: Any) -> Any:
         """Native array, or nested list/tuple of them -> NumPy, same nesting."""
         if isinstance(x, (list, tuple)):
             return type(x)(self.numpy(a) for a in x)
         return self.backend.to_numpy(x)
 
 
-def forward(mlp, params, X, *, backend="numpy"):
+def forward(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> Forward:
     """Forward pass with every layer's values.
 
     Returns
@@ -80,18 +100,25 @@ def forward(mlp, params, X, *, backend="numpy"):
         return Forward(c.numpy(fwd.zs), c.numpy(fwd.hs))
 
 
-def predict(mlp, params, X, *, backend="numpy"):
+def predict(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> NDArray[Any]:
     """Network output f(X), shape (N, k)."""
     return forward(mlp, params, X, backend=backend).output
 
 
-def input_jacobian(mlp, params, X, *, backend="numpy"):
+def input_jacobian(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> NDArray[Any]:
     """Input Jacobians J(x) = df/dx, shape (N, k, d) (docs/math.md section 1)."""
     with Call(mlp, params, X, backend) as c:
         return c.numpy(c.backend.input_jacobian(mlp, c.nparams, c.nX))
 
 
-def input_vjp(mlp, params, X, cotangent, *, backend="numpy"):
+def input_vjp(
+    mlp: MLP, params: MLPParams, X: ArrayLike, cotangent: ArrayLike, *,
+    backend: BackendLike = "numpy",
+) -> NDArray[Any]:
     """Vector-Jacobian products ``v_n^T J(x_n)``, shape (N, d), for ``cotangent`` v of shape (N, k)."""
     with Call(mlp, params, X, backend) as c:
         v = check_float_array(
@@ -100,19 +127,25 @@ def input_vjp(mlp, params, X, cotangent, *, backend="numpy"):
         return c.numpy(c.backend.input_vjp(mlp, c.nparams, c.nX, c.native(v)))
 
 
-def hidden_jacobians(mlp, params, X, *, backend="numpy"):
+def hidden_jacobians(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> Sequence[NDArray[Any]]:
     """Hidden Jacobians ``[h'_1, ..., h'_l]``, ``h'_i = dh_i/dx`` of shape (N, n_i, d); h'_1 = I."""
     with Call(mlp, params, X, backend) as c:
         return c.numpy(c.backend.hidden_jacobians(mlp, c.nparams, c.nX))
 
 
-def sensitivities(mlp, params, X, *, backend="numpy"):
+def sensitivities(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> Sequence[NDArray[Any]]:
     """Sensitivities ``[Delta_1, ..., Delta_l]``, ``Delta_i = df/dz_i`` of shape (N, k, n_{i+1})."""
     with Call(mlp, params, X, backend) as c:
         return c.numpy(c.backend.sensitivities(mlp, c.nparams, c.nX))
 
 
-def param_jacobian(mlp, params, X, *, backend="numpy"):
+def param_jacobian(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> list[tuple[NDArray[Any], ...]]:
     """Per-example parameter Jacobians of f.
 
     Returns
@@ -125,7 +158,9 @@ def param_jacobian(mlp, params, X, *, backend="numpy"):
         return [tuple(pair) for pair in c.numpy(c.backend.param_jacobian(mlp, c.nparams, c.nX))]
 
 
-def param_grad_sq_norms(mlp, params, X, *, backend="numpy"):
+def param_grad_sq_norms(
+    mlp: MLP, params: MLPParams, X: ArrayLike, *, backend: BackendLike = "numpy",
+) -> GradNorms:
     """Per-example squared norms of ``grad_theta f`` (summed over the k outputs), by layer.
 
     The MLP spelling of :func:`gcref.models.output_grad_sq_norms`: computed from
@@ -144,7 +179,10 @@ def param_grad_sq_norms(mlp, params, X, *, backend="numpy"):
     return _in_dtype(norms, X.dtype)
 
 
-def loss_grad_sq_norms(mlp, params, X, y, loss, *, backend="numpy"):
+def loss_grad_sq_norms(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> GradNorms:
     """Per-example squared norms of ``grad_theta l(f(x_n), y_n)``, by layer.
 
     The MLP spelling of :func:`gcref.models.loss_grad_sq_norms`: ``||grad_{W_i} l_n||^2
@@ -158,14 +196,20 @@ def loss_grad_sq_norms(mlp, params, X, y, loss, *, backend="numpy"):
     return _in_dtype(norms, data[0].dtype)
 
 
-def per_example_loss(mlp, params, X, y, loss, *, backend="numpy"):
+def per_example_loss(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> NDArray[Any]:
     """``l(f(x_n), y_n)`` for every example, shape (N,) (docs/math.md section 4)."""
     with Call(mlp, params, X, backend, y, loss) as c:
         out = c.backend.forward(mlp, c.nparams, c.nX).output
         return c.numpy(c.loss.per_example(out, c.ntargets))
 
 
-def mean_loss(mlp, params, X, y, loss, *, backend="numpy"):
+def mean_loss(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> float:
     """The empirical loss L(theta) = (1/N) sum_n l(f(x_n), y_n) (docs/math.md section 4).
 
     The MLP spelling of :func:`gcref.models.mean_loss`.
@@ -175,20 +219,29 @@ def mean_loss(mlp, params, X, y, loss, *, backend="numpy"):
     )
 
 
-def residuals(mlp, params, X, y, loss, *, backend="numpy"):
+def residuals(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> NDArray[Any]:
     """``eps_n = dl/df`` at ``f(x_n)``, shape (N, k) (docs/math.md section 4)."""
     with Call(mlp, params, X, backend, y, loss) as c:
         out = c.numpy(c.backend.forward(mlp, c.nparams, c.nX).output)
         return c.loss.residual(out, c.targets)
 
 
-def loss_sensitivities(mlp, params, X, y, loss, *, backend="numpy"):
+def loss_sensitivities(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> Sequence[NDArray[Any]]:
     """``[g_1, ..., g_l]`` with ``g_i = dl_n/dz_i`` of shape (N, n_{i+1}), per example."""
     with Call(mlp, params, X, backend, y, loss) as c:
         return c.numpy(c.backend.loss_sensitivities(mlp, c.nparams, c.nX, c.ntargets, c.loss))
 
 
-def loss_grad(mlp, params, X, y, loss, *, backend="numpy"):
+def loss_grad(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, *,
+    backend: BackendLike = "numpy",
+) -> NumpyParams:
     """Gradient of the mean loss, as a tuple of ``(dW_i, db_i)`` like ``params``.
 
     The MLP spelling of :func:`gcref.models.loss_grad`, in the parameters' dtype.
@@ -200,7 +253,10 @@ def loss_grad(mlp, params, X, y, loss, *, backend="numpy"):
     return _like(vector, params)
 
 
-def loss_hvp(mlp, params, X, y, loss, vector, *, backend="numpy"):
+def loss_hvp(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike, vector: MLPParams, *,
+    backend: BackendLike = "numpy",
+) -> NumpyParams:
     """Hessian of the mean loss times ``vector`` (a tuple shaped like ``params``).
 
     The MLP spelling of :func:`gcref.models.loss_hvp`, in the parameters' dtype. The
@@ -224,19 +280,21 @@ def loss_hvp(mlp, params, X, y, loss, vector, *, backend="numpy"):
 # -- the data contract of the single-batch MLP functions -----------------------------------
 
 
-def _mlp(mlp):
+def _mlp(mlp: object) -> MLP:
     if not isinstance(mlp, MLP):
         raise not_an_mlp(mlp)
     return mlp
 
 
-def _batch(mlp, params, X):
+def _batch(mlp: MLP, params: MLPParams, X: ArrayLike) -> NDArray[Any]:
     """One batch ``X``, checked under its own name (``"X ..."`` in the errors)."""
     dtype = mlp.check_params(params)[0][0].dtype
     return mlp.check_inputs(check_float_array(X, "X", ndim=2, dtype=dtype), dtype)
 
 
-def _pair(mlp, params, X, y, loss):
+def _pair(
+    mlp: MLP, params: MLPParams, X: ArrayLike, y: ArrayLike, loss: LossLike,
+) -> tuple[NDArray[Any], Any]:
     """``(X, y)`` checked as one batch: ``y`` against the loss, in the parameters' dtype.
 
     The single-batch MLP functions keep their strict contract (targets in the
@@ -250,17 +308,17 @@ def _pair(mlp, params, X, y, loss):
     return X, (y if hasattr(y, "shape") else np.asarray(y))
 
 
-def _in_dtype(norms, dtype):
+def _in_dtype(norms: GradNorms, dtype: DTypeLike) -> GradNorms:
     """The single-batch functions answer in the parameters' dtype, like every primitive."""
     return GradNorms(norms.per_parameter.astype(dtype), norms.names, norms.settings)
 
 
-def _whole(X):
+def _whole(X: Any) -> int:
     """A chunk that holds the whole batch: these functions answer for one batch at once."""
     return max(1, len(X))
 
 
-def _like(vector, params):
+def _like(vector: ArrayLike, params: MLPParams) -> NumpyParams:
     """A float64 vector as a tuple of ``(W, b)`` pairs of the parameters' shapes and dtype."""
     dtype = params[0][0].dtype
     return tuple(

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gcref._checks import check_finite_scalar
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
+
 __all__ = ["Complexity", "ComplexityEstimate", "GradNorms", "IGRTerms", "jsonable"]
 
 
-def jsonable(value):
+def jsonable(value: Any) -> Any:
     """``value`` with arrays as lists and NaN / infinities as ``None``, for ``json.dumps``."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
@@ -39,10 +45,10 @@ def jsonable(value):
 class _Record:
     """``to_dict`` over the dataclass fields."""
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-serialisable values (see :func:`jsonable`)."""
-        out = {"type": type(self).__name__}
-        out.update({f.name: jsonable(getattr(self, f.name)) for f in fields(self)})
+        out: dict[str, Any] = {"type": type(self).__name__}
+        out.update({f.name: jsonable(getattr(self, f.name)) for f in fields(self)})  # type: ignore[arg-type]
         return out
 
 
@@ -62,8 +68,8 @@ class Complexity(_Record):
     """
 
     value: float
-    per_example: np.ndarray
-    settings: dict = field(default_factory=dict, compare=False)
+    per_example: NDArray[np.float64]
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class ComplexityEstimate(_Record):
     stderr: float
     n_probes: int
     n_examples: int
-    settings: dict = field(default_factory=dict, compare=False)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -109,30 +115,30 @@ class GradNorms(_Record):
     settings : dict
     """
 
-    per_parameter: np.ndarray
-    names: tuple
-    settings: dict = field(default_factory=dict, compare=False)
+    per_parameter: NDArray[np.floating[Any]]
+    names: tuple[str, ...]
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.per_parameter.ndim != 2 or self.per_parameter.shape[1] != len(self.names):
             raise ValueError(
                 f"per_parameter must have shape (N, {len(self.names)}), one column per name; "
                 f"got {self.per_parameter.shape}"
             )
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> NDArray[Any]:
         total = self.total
         return total if dtype is None else total.astype(dtype)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.per_parameter.shape[0]
 
     @property
-    def total(self):
+    def total(self) -> NDArray[np.floating[Any]]:
         """``||grad_theta||^2`` per example, shape (N,)."""
         return self.per_parameter.sum(axis=1)
 
-    def _mlp_columns(self, prefix):
+    def _mlp_columns(self, prefix: str) -> NDArray[np.floating[Any]]:
         cols = [j for j, name in enumerate(self.names) if name.startswith(prefix)]
         if self.names != tuple(f"{k}_{i}" for i in range(1, len(self.names) // 2 + 1) for k in "Wb"):
             raise ValueError(
@@ -142,22 +148,24 @@ class GradNorms(_Record):
         return self.per_parameter[:, cols]
 
     @property
-    def weights(self):
+    def weights(self) -> NDArray[np.floating[Any]]:
         """``||grad_{W_i}||_F^2`` per example and layer, shape (N, l) (gcref.MLP only)."""
         return self._mlp_columns("W_")
 
     @property
-    def biases(self):
+    def biases(self) -> NDArray[np.floating[Any]]:
         """``||grad_{b_i}||^2`` per example and layer, shape (N, l) (gcref.MLP only)."""
         return self._mlp_columns("b_")
 
     @property
-    def per_layer(self):
+    def per_layer(self) -> NDArray[np.floating[Any]]:
         """``||grad_{(W_i, b_i)}||^2``, shape (N, l) (gcref.MLP only)."""
         return self.weights + self.biases
 
     @classmethod
-    def from_layers(cls, weights, biases, settings=None):
+    def from_layers(
+        cls, weights: ArrayLike, biases: ArrayLike, settings: Mapping[str, Any] | None = None,
+    ) -> GradNorms:
         """From an MLP's ``(N, l)`` weight and bias columns."""
         weights, biases = np.asarray(weights), np.asarray(biases)
         n, depth = weights.shape
@@ -194,19 +202,19 @@ class IGRTerms(_Record):
     per_example: float
     n_examples: int
     n_batches: int
-    settings: dict = field(default_factory=dict, compare=False)
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def modified_loss_gd(self, h):
+    def modified_loss_gd(self, h: float) -> float:
         """``L~_GD = L + (h/4) ||grad L||^2`` for step size ``h``."""
         h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.full_batch
 
-    def modified_loss_sgd(self, h):
+    def modified_loss_sgd(self, h: float) -> float:
         """``L~_SGD = L + h/(4m) sum_j ||grad L_{B_j}||^2`` (equal-sized mini-batches)."""
         h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.mini_batch
 
-    def modified_loss_per_example(self, h):
+    def modified_loss_per_example(self, h: float) -> float:
         """``L + h/(4N) sum_n ||grad_theta l_n||^2`` (seed 000, eq. 6)."""
         h = check_finite_scalar(h, "h", nonnegative=True)
         return self.loss + h / 4 * self.per_example

@@ -6,16 +6,21 @@ algorithms agree to a few hundred ulps; float32 results carry about 7 digits.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
 #: (rtol, atol) per dtype for comparing two exact computations of the same quantity.
-TOLERANCES = {
+TOLERANCES: dict[np.dtype[Any], tuple[float, float]] = {
     np.dtype(np.float64): (1e-9, 1e-11),
     np.dtype(np.float32): (2e-4, 1e-5),
 }
 
 
-def tolerance(dtype):
+def tolerance(dtype: DTypeLike) -> tuple[float, float]:
     """Return ``(rtol, atol)`` for comparing exact results computed in ``dtype``."""
     dt = np.dtype(dtype)
     try:
@@ -24,7 +29,9 @@ def tolerance(dtype):
         raise TypeError(f"no tolerance for dtype {dt}; expected float32 or float64") from None
 
 
-def relative_deviation(value, reference, dtype=np.float64):
+def relative_deviation(
+    value: ArrayLike, reference: ArrayLike, dtype: DTypeLike = np.float64
+) -> float:
     """Largest element-wise deviation of ``value`` from ``reference``, relative to its scale.
 
     The denominator is ``max(|reference|_inf, atol / rtol)``, so that entries that are
