@@ -88,7 +88,7 @@ SCRIPT = textwrap.dedent(
         gcref.modified_loss_sgd(net, params, X, y, "squared", 4.0, batches) - mean_loss,
         gcref.modified_loss_per_example(net, params, X, y, "squared", 4.0) - mean_loss,
     ])
-    with_v = gcref.loss_hvp(net, params, X, y, "squared", gcref.mlp.unflatten_params(v, params))
+    with_v = gcref.loss_hvp(net, params, X, y, "squared", gcref.unflatten_params(v, params))
     close(got["hvp"], flatten_params(with_v))
 
     init, cnn = small_cnn(in_channels=2, num_classes=3, width=4)

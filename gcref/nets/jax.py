@@ -198,7 +198,7 @@ def mlp_apply_from_gcref(mlp_description, params):
         included) on a batch ``x`` of shape ``(n, d)``; the same function for equal MLPs.
     params : tuple of (W, b) pairs of ndarray
         The checked parameters, a pytree whose leaves are in gcref's order, so that
-        :func:`gcref.models.parameter_vector` equals :func:`gcref.mlp.flatten_params`.
+        :func:`gcref.models.parameter_vector` equals :func:`gcref.params.flatten_params`.
     """
     if not isinstance(mlp_description, MLP):
         raise TypeError(

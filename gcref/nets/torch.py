@@ -166,7 +166,7 @@ def mlp_module(mlp, params, dtype=torch.float64):
     torch.nn.Sequential
         ``Linear, activation, ..., Linear, output activation`` (docs/math.md section 1); its
         parameters in ``parameters()`` order are ``W_1, b_1, ..., W_l, b_l``, the order of
-        :func:`gcref.mlp.flatten_params`.
+        :func:`gcref.params.flatten_params`.
 
     Raises
     ------
