@@ -29,6 +29,7 @@ from gcref.igr import (
 )
 from gcref.params import flatten_params, unflatten_params
 from gcref.primitives import Call
+from gcref.results import Record
 
 __all__ = ["BackwardError", "gd_backward_error", "rk4_flow", "sgd_backward_error"]
 
@@ -36,7 +37,7 @@ DEFAULT_STEPS = (0.1, 0.05, 0.025, 0.0125)
 
 
 @dataclass
-class BackwardError:
+class BackwardError(Record):
     """Distances between discrete steps and exact gradient flows, over several step sizes.
 
     Attributes

@@ -36,6 +36,7 @@ from gcref.losses import get_loss
 from gcref.mlp import MLP
 from gcref.params import combine, flat_arrays, pairs, scale, sq_norm, unflatten_params
 from gcref.primitives import Call
+from gcref.results import Record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -432,7 +433,7 @@ def modified_loss_per_example_grad(
 
 # -- residual factorisation and the transfer of pressure ---------------------------
 @dataclass
-class ResidualFactorisation:
+class ResidualFactorisation(Record):
     """Per-example pieces of ``grad_theta l_n = J_theta(x_n)^T eps_n`` (docs/math.md section 4).
 
     Attributes
@@ -513,7 +514,7 @@ def residual_factorisation(
 
 
 @dataclass
-class PressureTransfer:
+class PressureTransfer(Record):
     """Both sides of ``||grad_theta l_n||^2 >= eps_n^2 ||J(x_n)||_F^2 sum_i T_i^2(x_n)``.
 
     Attributes

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-__all__ = ["Complexity", "ComplexityEstimate", "GradNorms", "IGRTerms", "jsonable"]
+__all__ = ["Complexity", "ComplexityEstimate", "GradNorms", "IGRTerms", "Record", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -42,8 +42,8 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class _Record:
-    """``to_dict`` over the dataclass fields."""
+class Record:
+    """``to_dict`` over the dataclass fields: the base of every result record."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-serialisable values (see :func:`jsonable`)."""
@@ -53,7 +53,7 @@ class _Record:
 
 
 @dataclass(frozen=True)
-class Complexity(_Record):
+class Complexity(Record):
     """A data-set average together with the per-example values it averages.
 
     Attributes
@@ -73,7 +73,7 @@ class Complexity(_Record):
 
 
 @dataclass(frozen=True)
-class ComplexityEstimate(_Record):
+class ComplexityEstimate(Record):
     """An unbiased probe estimate of the geometric complexity.
 
     Attributes
@@ -99,7 +99,7 @@ class ComplexityEstimate(_Record):
 
 
 @dataclass(frozen=True)
-class GradNorms(_Record):
+class GradNorms(Record):
     """Per-example squared gradient norms, one column per parameter tensor.
 
     ``numpy.asarray(norms)`` is ``norms.total``, so a ``GradNorms`` can stand where an
@@ -176,7 +176,7 @@ class GradNorms(_Record):
 
 
 @dataclass(frozen=True)
-class IGRTerms(_Record):
+class IGRTerms(Record):
     """The loss and the three implicit-regularisation terms over a data set (docs/math.md section 5).
 
     Attributes

@@ -27,6 +27,7 @@ import numpy as np
 
 from gcref._checks import check_finite_scalar, check_positive_int
 from gcref.primitives import Call
+from gcref.results import Record
 
 NORMS = ("spectral", "frobenius")
 
@@ -36,7 +37,7 @@ _POWER_ITERATION_SEED = 0
 
 
 @dataclass(frozen=True)
-class TransferTerms:
+class TransferTerms(Record):
     """Every term of the transfer theorem, per example and per layer.
 
     All arrays are float64 and finite, dead layers included.

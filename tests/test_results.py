@@ -203,3 +203,24 @@ def test_igr_terms_give_the_modified_losses_and_check_h():
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="h"):
             terms.modified_loss_gd(bad)
+
+
+def test_the_mlp_only_records_serialise_too():
+    """TransferTerms, the residual factorisation, the pressure transfer and the backward error."""
+    import gcref.backward_error as be
+
+    rng = np.random.default_rng(5)
+    mlp = gcref.MLP((2, 5, 1), activation="tanh")
+    params = mlp.init(rng, bias="normal")
+    X, y = rng.normal(size=(6, 2)), rng.normal(size=6)
+    records = [
+        gcref.transfer_terms(mlp, params, X),
+        gcref.residual_factorisation(mlp, params, X, y, "squared"),
+        gcref.pressure_transfer(mlp, params, X, y, "squared"),
+        be.gd_backward_error(mlp, params, X, y, "squared"),
+    ]
+    for record in records:
+        out = json.loads(json.dumps(record.to_dict(), allow_nan=False))
+        assert out["type"] == type(record).__name__
+    terms = json.loads(json.dumps(records[0].to_dict()))
+    np.testing.assert_array_equal(terms["h_norms"], records[0].h_norms)
