@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs validate bench clean
+.PHONY: demo test thorough docs validate bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 # The tests' arrays are small: BLAS threads cost more than they save on few cores.
 test: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest
+
+# The reliability bar: every property at 10,000 examples (hours; not CI). Record the
+# run in tests/README.md.
+thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+		$(PY) -m pytest -p no:cacheprovider --durations=20
 
 # The documentation site from docs/ and the docstrings; warnings are errors.
 docs: $(STAMP)
