@@ -147,6 +147,7 @@ gm.igr_terms(model, (X, X), "squared", batch_size="all")  # error: arg-type
 """
 
 
+@pytest.mark.slow
 def test_mypy_passes_on_the_public_modules_and_catches_planted_errors(tmp_path):
     if importlib.util.find_spec("mypy") is None:
         message = "mypy is not installed (pip install -e '.[dev]')"
