@@ -77,7 +77,10 @@ def test_quick_run_writes_a_complete_result(name, tmp_path, capsys):
     for key, record in result["runs"].items():
         stored = json.loads((tmp_path / "runs" / f"{key}.json").read_text())
         assert stored["record"] == record and stored["key"] == key
-        assert stored["fingerprint"]["settings"] == result["settings"]
+        swept = getattr(load(name), "SWEPT", ())
+        assert stored["fingerprint"]["settings"] == {
+            k: v for k, v in result["settings"].items() if k not in swept}
+        assert not swept or swept[0] in result["settings"]
         assert all(math.isfinite(x) for x in numbers_in(record))
 
     assert result["figures"]
@@ -119,6 +122,24 @@ def test_a_rerun_resumes_from_the_runs_on_disk(name, tmp_path, capsys):
     assert len(second["resumed_runs"]) == len(keys) - 1 - (stale is not None)
     assert second["verdict"] == first["verdict"]
     assert not [p for p in runs.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_extended_sweep_reuses_the_runs_already_done(tmp_path, monkeypatch):
+    from validation import lr_sweep
+
+    argv = ["lr_sweep", "--quick", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "result.json").read_text())
+    monkeypatch.setitem(lr_sweep.QUICK, "lrs", [*lr_sweep.QUICK["lrs"], 0.2])
+    assert main(argv) == 0
+    second = json.loads((tmp_path / "result.json").read_text())
+    assert sorted(second["resumed_runs"]) == sorted(first["runs"])
+    assert len(second["runs"]) == len(first["runs"]) + lr_sweep.QUICK["seeds"]
+    assert len(second["measured"]["dirichlet_energy"]["mean"]) == 3
+    # Any other setting does change what a run computes: nothing is reused.
+    monkeypatch.setitem(lr_sweep.QUICK, "target_loss", 0.9)
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "result.json").read_text())["resumed_runs"] == []
 
 
 def test_runs_store_reuses_only_matching_records(tmp_path):

@@ -1,8 +1,10 @@
 """Re-run the seed papers' claims with gcref: one module per experiment (issue 6).
 
-``python -m validation NAME [--quick] [--out DIR] [--seed S]`` runs one experiment and
-writes ``result.json`` and PNG figures; ``--all`` runs every experiment, ``--list`` prints
-each claim. See ``validation/README.md`` for the table of verdicts.
+``python -m validation NAME [--quick] [--out DIR] [--seed S] [--device D]`` runs one
+experiment and writes ``result.json``, one file per finished (setting, seed) run under
+``runs/`` (reused when rerun with the same arguments) and PNG figures; ``--all`` runs every
+experiment, ``--list`` prints each claim. See ``validation/README.md`` for the table of
+verdicts.
 """
 
 from __future__ import annotations

@@ -150,9 +150,15 @@ class Runs:
 
 
 def fingerprint(module, settings, quick, seed):
-    """What identifies a run of ``module``: its name, setting, settings and base seed."""
+    """What identifies a run of ``module``: its name, setting, settings and base seed.
+
+    Settings named in the module's ``SWEPT`` (the grid of a sweep, e.g. ``"widths"``) are left
+    out: each run's key names its own grid value, so a run does not depend on the rest of the
+    grid, and a grid extended later reuses the runs already done.
+    """
+    swept = getattr(module, "SWEPT", ())
     return {"experiment": module.NAME, "setting": "quick" if quick else "full",
-            "settings": settings, "seed": seed}
+            "settings": {k: v for k, v in settings.items() if k not in swept}, "seed": seed}
 
 
 def package_versions(frameworks=()):

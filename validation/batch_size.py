@@ -30,6 +30,9 @@ QUICK = {"hidden": [16], "batch_sizes": [16, 64], "lr": 0.2, "target_loss": 1.0,
 FULL = {"hidden": [128, 128], "batch_sizes": [4, 8, 16, 32, 64, 128, 256], "lr": 0.05,
         "target_loss": 0.02, "max_epochs": 400, "seeds": 5}
 
+# Each run's key names its grid value: extending this grid reuses the runs done.
+SWEPT = ("batch_sizes",)
+
 
 def run(settings, seed, context):
     values = settings["batch_sizes"]

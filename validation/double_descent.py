@@ -48,8 +48,11 @@ RULE = (
 QUICK = {"num_samples": 400, "n_train": 100, "noise": 0.15, "widths": [4, 16, 64],
          "steps": 60, "lr": 0.003, "seeds": 2}
 FULL = {"num_samples": 5000, "n_train": 2000, "noise": 0.15,
-        "widths": [8, 16, 32, 64, 128, 256, 512, 1024], "steps": 3000, "lr": 0.002, "seeds": 3}
+        "widths": [8, 16, 32, 64, 128, 256, 512, 1024, 2048], "steps": 3000, "lr": 0.002,
+        "seeds": 3}
 
+# Each run's key names its grid value: extending this grid reuses the runs done.
+SWEPT = ("widths",)
 USES_DEVICE = True
 N_CLASSES = 10
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}

@@ -46,6 +46,8 @@ QUICK = {"hidden": [16], "lrs": [0.1, 0.4], "batch_size": 64, "target_loss": 1.0
          "max_epochs": 6, "seeds": 2}
 FULL = {"hidden": [128, 128], "lrs": [0.01, 0.02, 0.05, 0.1, 0.2, 0.4], "batch_size": 32,
         "target_loss": 0.02, "max_epochs": 400, "seeds": 5}
+# Each run's key names its grid value: extending this grid reuses the runs done.
+SWEPT = ("lrs",)
 # The digits MLP trains with NumPy; only the ResNet-18 setting (configured()) uses --device.
 USES_DEVICE = False
 
@@ -116,7 +118,7 @@ def configured(options):
         chosen["width"] = width
     return SimpleNamespace(NAME=NAME, CLAIM=CLAIM, SOURCE="seed 000, Fig. 2", RULE=RULE,
                            QUICK={**RESNET_QUICK, **chosen}, FULL={**RESNET_FULL, **chosen},
-                           run=run_resnet, USES_DEVICE=True)
+                           run=run_resnet, USES_DEVICE=True, SWEPT=SWEPT)
 
 
 def run_resnet(settings, seed, context):

@@ -40,6 +40,9 @@ FULL = {"hidden": [64, 64], "lr": 0.05, "batch_size": 64, "max_epochs": 60, "see
         "strengths": {"L2": [1e-4, 1e-3, 1e-2], "IGR": [0.1, 0.5, 2.0],
                       "spectral": [1e-3, 1e-2, 1e-1]}}
 
+# Each run's key names its grid value: extending this grid reuses the runs done.
+SWEPT = ("strengths",)
+
 PENALTIES = {"L2": L2Penalty, "IGR": IGRPenalty, "spectral": SpectralPenalty}
 
 

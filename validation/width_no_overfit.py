@@ -41,6 +41,9 @@ FULL = {"num_samples": 5000, "n_train": 1000, "noise_levels": [0.0, 0.15],
         "widths": [32, 64, 128, 256, 512, 1024, 2048], "lr": 0.1, "batch_size": 32,
         "max_epochs": 400, "seeds": 3}
 
+# Each run's key names its grid value: extending this grid reuses the runs done.
+SWEPT = ("widths", "noise_levels")
+
 LOSS = "softmax_cross_entropy"
 
 
