@@ -621,6 +621,15 @@ def measure_quantities(
     ValueError
         For an unknown quantity, a missing loss, targets or batch size, or any error of
         the measure itself (named after the quantity).
+
+    Notes
+    -----
+    Each quantity is one measure of :mod:`gcref.models`: ``gc`` and ``gc_estimate``
+    ``GC(f, D) = (1/N) sum_n ||J(x_n)||_F^2`` (docs/math.md section 2);
+    ``param_grad_sq_norms`` ``||grad_theta f(x_n)||_F^2`` (docs/math.md sections 1 and 3);
+    ``loss_grad_sq_norms`` ``||grad_theta l_n||^2`` (docs/math.md section 4);
+    ``igr_terms`` ``L``, ``||grad L||^2``, ``(1/m) sum_j ||grad L_{B_j}||^2`` and
+    ``(1/N) sum_n ||grad_theta l_n||^2`` (docs/math.md section 5); ``loss`` ``L``.
     """
     from gcref import models
 
