@@ -110,8 +110,18 @@ def test_py_typed_marks_the_package():
     assert (Path(gcref.__file__).parent / "py.typed").is_file()
 
 
+def _toml():
+    for name in ("tomllib", "tomli"):
+        if importlib.util.find_spec(name) is not None:
+            return importlib.import_module(name)
+    message = "reading pyproject.toml needs Python 3.11 (tomllib) or tomli"
+    if os.environ.get("CI"):
+        pytest.fail(message + ": CI must type-check the public modules")
+    pytest.skip(message)
+
+
 def _mypy_config():
-    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    tomllib = _toml()
     with open(ROOT / "pyproject.toml", "rb") as fh:
         pyproject = tomllib.load(fh)
     config = pyproject.get("tool", {}).get("mypy")
