@@ -20,8 +20,8 @@ from jax.flatten_util import ravel_pytree
 import gcref
 import gcref.models as gm
 from gcref.backends.jax_model import JaxModel
-from gcref.params import flatten_params, unflatten_params
 from gcref.nets.jax import mlp, mlp_apply_from_gcref, small_cnn
+from gcref.params import flatten_params, unflatten_params
 from gcref.tolerances import tolerance
 
 RTOL, ATOL = tolerance(np.float64)
@@ -61,7 +61,7 @@ def mlp_problems(draw):
 def test_every_measure_matches_the_numpy_reference_on_mlps(problem, probe):
     net, params, X, y, loss, rng = problem
     apply, tree = mlp_apply_from_gcref(net, params)
-    kw = dict(params=tree, chunk_size=CHUNK)
+    kw = {"params": tree, "chunk_size": CHUNK}
 
     reference = gcref.geometric_complexity(net, params, X, per_example=True)
     for mode in ("reverse", "forward", "auto"):
@@ -178,7 +178,7 @@ def mean_gradients(apply, thetas, unravel, X, y):
 def test_small_cnn_measures_match_per_example_loops(cnn_problem):
     apply, params, X, y = cnn_problem
     loss = "softmax_cross_entropy"
-    kw = dict(params=params, chunk_size=CHUNK)
+    kw = {"params": params, "chunk_size": CHUNK}
     rng = np.random.default_rng(1)
     probes = rng.standard_normal((N, 4, 3))
     jac_sq, probe_stats, out_sq, loss_values, loss_grads = per_example_references(
@@ -452,7 +452,9 @@ def test_penalty_gradient_by_the_identities_matches_a_loop(odd_problem):
     def penalty(p):
         total = 0.0
         for x, t in zip(X, y):
-            g = jax.grad(lambda q: 0.5 * jnp.sum((odd_layers(q, x[None])[0] - t) ** 2))(p)
+            g = jax.grad(
+                lambda q, x=x, t=t: 0.5 * jnp.sum((odd_layers(q, x[None])[0] - t) ** 2)
+            )(p)
             total = total + sum(jnp.sum(a**2) for a in jax.tree_util.tree_leaves(g))
         return total
 

@@ -1,4 +1,4 @@
-"""gcref.models on a JAX function under jax.distributed: two processes give the single-process values.
+"""gcref.models under jax.distributed: two JAX processes give the single-process values.
 
 The test starts two processes, each a subprocess running this file (``python
 tests/test_models_jax_distributed.py OUT_DIR``) that calls ``jax.distributed.initialize``
@@ -70,8 +70,9 @@ def measure(models, layout, rank):
     apply, params = model()
     X, y = data_set()
     Xr, yr = X[shard(layout, rank)], y[shard(layout, rank)]
-    batches = list(zip(np.split(Xr, BATCH_CUTS[layout][rank]), np.split(yr, BATCH_CUTS[layout][rank])))
-    kw = dict(params=params, chunk_size=CHUNK)
+    cuts = BATCH_CUTS[layout][rank]
+    batches = list(zip(np.split(Xr, cuts), np.split(yr, cuts)))
+    kw = {"params": params, "chunk_size": CHUNK}
     gc = models.geometric_complexity(apply, Xr, per_example=True, **kw)
     terms = models.igr_terms(apply, batches, LOSS, **kw)
     return {
@@ -169,10 +170,8 @@ def run_ranks(out_dir):
             f"--- process {r} (exit {p.returncode}) stderr:\n{err[-4000:]}\n--- stdout:\n{out}"
             for r, (p, (out, err)) in enumerate(zip(procs, outputs))
         )
-        pytest.fail(
-            (f"processes timed out after {RANK_TIMEOUT_S} s\n" if timed_out else "a process failed\n")
-            + report
-        )
+        why = f"processes timed out after {RANK_TIMEOUT_S} s" if timed_out else "a process failed"
+        pytest.fail(why + "\n" + report)
     return [dict(np.load(Path(out_dir) / f"rank{r}.npz")) for r in range(WORLD)]
 
 
@@ -182,7 +181,7 @@ def single_process(models, layout):
     X, y = data_set()
     parts = [np.split(np.arange(N)[shard(layout, r)], BATCH_CUTS[layout][r]) for r in range(WORLD)]
     unions = [(X[idx], y[idx]) for idx in (np.concatenate(pieces) for pieces in zip(*parts))]
-    kw = dict(params=params, chunk_size=CHUNK)
+    kw = {"params": params, "chunk_size": CHUNK}
     gc = models.geometric_complexity(apply, X, per_example=True, **kw)
     terms = models.igr_terms(apply, unions, LOSS, **kw)
     return {

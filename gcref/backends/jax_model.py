@@ -200,7 +200,7 @@ def _identity_loss_norms(plan, loss, params, X, targets, weights, param_grad):
 
 
 def _per_example_loss_grads(apply, loss, params, X, targets):
-    """``vmap(value_and_grad)``: per-example losses ``(n,)`` and gradients (a pytree, ``(n, ...)``)."""
+    """``vmap(value_and_grad)``: per-example losses ``(n,)`` and gradients (``(n, ...)`` leaves)."""
     import jax
 
     def one(xi, ti):
