@@ -262,7 +262,14 @@ def minibatches(data: Data, batch_size: int | None, spec: DataSpec = DEFAULT) ->
 
 def reiterable(data: Data, what: str) -> None:
     """Refuse a one-shot iterator where a measure needs several passes over ``data``."""
-    if not is_array(data) and not isinstance(data, tuple) and iter(data) is data:
+    if is_array(data) or isinstance(data, tuple):
+        return
+    if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            "data must be an array X, a tuple (X, y) or an iterable of batches; "
+            f"got {type(data).__name__}"
+        )
+    if iter(data) is data:
         raise TypeError(
             f"{what} passes over data more than once: pass an array, a tuple (X, y), a list "
             "of batches or a DataLoader, not a generator or iterator (consumed once)"

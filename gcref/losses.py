@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from gcref._typing import LossLike, NativeArray
 
 
+def as_label_array(y: Any, name: str = "y") -> NDArray[Any]:
+    """``y`` as a NumPy array; a ragged list gets a message that names it."""
+    try:
+        return np.asarray(y)
+    except ValueError as err:
+        raise ValueError(f"{name} must be an array of one label (row) per example: {err}") from None
+
+
 def _softmax(f: NDArray[Any]) -> NDArray[Any]:
     shifted = f - np.max(f, axis=-1, keepdims=True)
     e = np.exp(shifted)
@@ -105,7 +113,7 @@ class LogisticLoss(Loss):
     ) -> NDArray[Any]:
         if k != 1:
             raise ValueError(f"the logistic loss needs k = 1 output; the model has k = {k}")
-        y = np.asarray(y)
+        y = as_label_array(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.shape != (n_examples,):
@@ -144,7 +152,7 @@ class SoftmaxCrossEntropy(Loss):
     ) -> NDArray[Any]:
         if k < 2:
             raise ValueError(f"softmax cross-entropy needs k >= 2 outputs; the model has k = {k}")
-        y = np.asarray(y)
+        y = as_label_array(y)
         if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu":
             y = y[:, 0]  # a column of class labels, as some loaders yield them
         if y.ndim == 1:

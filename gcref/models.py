@@ -316,7 +316,8 @@ def geometric_complexity(
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    values, k = [], None
+    # Per-example values are kept only when asked for: memory stays one chunk's otherwise.
+    values, total, count, k = [], 0.0, 0, None
     for X, _ in chunks(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
                        what="geometric_complexity", check=_checked(adapter, chunk_size)):
         if k is None:
@@ -324,13 +325,16 @@ def geometric_complexity(
         chosen = mode
         if mode == "auto":
             chosen = "forward" if adapter.input_features(X) < k else "reverse"
-        values.append(adapter.jacobian_sq_norms(X, chosen))
-    local = np.concatenate(values) if values else np.zeros(0)
-    total, count = adapter.all_reduce_sum(np.array([local.sum(), local.size], dtype=np.float64))
+        sq_norms = adapter.jacobian_sq_norms(X, chosen)
+        total, count = total + float(np.sum(sq_norms)), count + sq_norms.size
+        if per_example:
+            values.append(sq_norms)
+    total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
     _check_count(count)
     value = float(total / count)
     if not per_example:
         return value
+    local = np.concatenate(values) if values else np.zeros(0)
     return Complexity(value, local, _settings(adapter, spec, chunk_size=chunk_size, mode=mode))
 
 
@@ -444,7 +448,7 @@ def estimate_geometric_complexity(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    stats, k = [], None
+    total, sample_var, count, k = 0.0, 0.0, 0, None
     per_chunk = max(1, chunk_size // n_probes)
     for X, _ in chunks(data, per_chunk, need_targets=False,
                        allow_empty=True, spec=spec, what="estimate_geometric_complexity",
@@ -452,12 +456,14 @@ def estimate_geometric_complexity(
         if k is None:
             k = adapter.output_dim(X)
         probes = draw_probes(rng, probe, (X.shape[0], n_probes, k))
-        s = adapter.probe_sq_norms(X, probes)
-        stats.append(k * s if probe == "sphere" else s)
-    stats = np.concatenate(stats) if stats else np.zeros((0, n_probes))
-    sample_var = np.var(stats, axis=1, ddof=1).sum() if n_probes > 1 and stats.size else 0.0
+        stats = adapter.probe_sq_norms(X, probes)
+        if probe == "sphere":
+            stats = k * stats
+        total, count = total + float(np.sum(stats)), count + stats.shape[0]
+        if n_probes > 1:
+            sample_var += float(np.var(stats, axis=1, ddof=1).sum())
     total, var_sum, count = adapter.all_reduce_sum(
-        np.array([stats.sum(), sample_var, stats.shape[0]], dtype=np.float64)
+        np.array([total, sample_var, count], dtype=np.float64)
     )
     _check_count(count)
     value = float(total / (count * n_probes))
@@ -635,7 +641,10 @@ def loss_hvp(
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
     p = adapter.parameter_vector().shape[0]
-    vector = np.asarray(vector)
+    try:
+        vector = np.asarray(vector)
+    except ValueError as err:
+        raise ValueError(f"vector must be an array of shape ({p},): {err}") from None
     if vector.shape != (p,):
         raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
     if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):

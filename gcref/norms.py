@@ -28,6 +28,7 @@ from gcref._checks import check_finite_scalar, not_an_mlp
 from gcref.backends import get_backend
 from gcref.mlp import MLP
 from gcref.primitives import predict
+from gcref.losses import as_label_array
 
 LAYER_NORM_KINDS = ("frobenius", "spectral")
 
@@ -353,7 +354,7 @@ def normalized_params(mlp, params):
 
 def _check_labels(mlp, y, n):
     """Labels as an int array: +-1 for one output, class indices in [0, k) for k >= 2."""
-    y = np.asarray(y)
+    y = as_label_array(y)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},): one label per example; got {y.shape}")
     if y.dtype.kind not in "biuf":

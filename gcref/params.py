@@ -121,7 +121,23 @@ def unflatten_params(vector: ArrayLike, like: MLPParams) -> NumpyParams:
     ValueError
         When ``vector`` does not have exactly as many entries as ``like``.
     """
-    vector = np.asarray(vector)
+    try:
+        vector = np.asarray(vector)
+    except ValueError as err:
+        raise ValueError(f"vector must be a 1-D array: {err}") from None
+    if vector.ndim != 1 or vector.dtype.kind not in "fiub":
+        raise ValueError(
+            f"vector must be a 1-D array of numbers; got shape {vector.shape}, dtype {vector.dtype}"
+        )
+    if not isinstance(like, (tuple, list)) or not all(
+        isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in like
+    ):
+        raise TypeError("like must be a sequence of (W, b) pairs, as params are")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("vector contains NaN or infinite values: parameters must be finite")
+    total = sum(np.size(a) for pair in like for a in pair)
+    if total != vector.size:
+        raise ValueError(f"vector has {vector.size} entries but like holds {total} parameters")
     out, pos = [], 0
     for W, b in like:
         W, b = np.asarray(W), np.asarray(b)
@@ -130,8 +146,6 @@ def unflatten_params(vector: ArrayLike, like: MLPParams) -> NumpyParams:
         c = vector[pos : pos + b.size].reshape(b.shape)
         pos += b.size
         out.append((w, c))
-    if pos != vector.size:
-        raise ValueError(f"vector has {vector.size} entries; the parameters have {pos}")
     return tuple(out)
 
 

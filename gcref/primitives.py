@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from gcref._typing import BackendLike, LossLike, MLPParams, NativeArray, NumpyParams
 
 
+#: What :class:`Call` receives when the function it serves takes no loss.
+NO_LOSS = object()
+
+
 class Call:
     """A checked call into one backend: validated NumPy inputs and their native twins."""
 
@@ -42,7 +46,7 @@ class Call:
 
     def __init__(
         self, mlp: MLP, params: MLPParams, X: ArrayLike, backend: BackendLike,
-        y: ArrayLike | None = None, loss: LossLike | None = None,
+        y: ArrayLike | None = None, loss: Any = NO_LOSS,
     ) -> None:
         if not isinstance(mlp, MLP):
             raise not_an_mlp(mlp)
@@ -51,7 +55,8 @@ class Call:
         self.dtype = self.params[0][0].dtype
         self.X = mlp.check_inputs(X, self.dtype)
         self.backend = get_backend(backend)
-        self.loss = None if loss is None else get_loss(loss)
+        # Only a call without a loss leaves it out: loss=None passed by a user is an error.
+        self.loss = None if loss is NO_LOSS else get_loss(loss)
         self.targets = None
         if self.loss is not None:
             if y is None:

@@ -21,7 +21,7 @@ import re
 import numpy as np
 import pytest
 from conftest import require_backend
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gcref
@@ -444,42 +444,6 @@ def model_case(kind, entry, loss):
                 args, kinds)
 
 
-# -- known gaps --------------------------------------------------------------------------------
-
-# Entry points that take a loss but let loss=None through gcref.primitives.Call as "no
-# loss", which then fails with an AttributeError (or a TypeError naming nothing).
-LOSS_NONE_GAP = {"per_example_loss", "residuals", "loss_sensitivities", "residual_factorisation",
-                 "pressure_transfer", "gd_backward_error", "sgd_backward_error", "train"}
-
-
-# Entry points with no input checks at all: left out of the property.
-UNCHECKED_ENTRIES = {"unflatten_params"}
-
-
-def known_gap(case, slot, what):
-    """Why this corruption is a known, reported failure (issue 16), or None.
-
-    Remove a gap here when its cause is fixed: :func:`test_known_gaps_are_still_open`
-    then fails to say so.
-    """
-    entry = case.label.split()[0]
-    if not entry.startswith("gcref.models."):
-        entry = entry.removeprefix("gcref.")
-    if slot == "loss" and what == "None" and entry in LOSS_NONE_GAP:
-        return "loss=None is taken for 'no loss' by gcref.primitives.Call"
-    ragged_y = slot in ("y", "labels") and what == "ragged list"
-    if ragged_y and (entry in ("margin", "margins") or case.args.get("loss") != "squared"):
-        return ("a ragged y reaches numpy.asarray unchecked (Loss.prepare_targets of the "
-                "logistic and softmax losses, gcref.margins): NumPy's message names no argument")
-    if entry in UNCHECKED_ENTRIES:
-        return ("gcref.unflatten_params checks neither argument: IndexError for a 0-d or "
-                "non-array vector, NumPy reshape and unpacking messages naming nothing")
-    if entry == "gcref.models.loss_hvp" and slot == "vector" and what == "ragged list":
-        return "a ragged vector reaches numpy.asarray unchecked: NumPy's message names no argument"
-    if entry == "gcref.models.modified_loss_gd_grad" and slot == "data" and what in ("None", "int", "object"):
-        return "gcref.data.reiterable calls iter(data) unguarded: \"'int' object is not iterable\""
-    return None
-
 
 # -- the properties ---------------------------------------------------------------------------
 
@@ -526,7 +490,6 @@ def draw_and_check(case, data):
     what, bad = data.draw(
         st.sampled_from(corruptions(case.kinds[slot], case.valid(slot), seed)), label="corruption"
     )
-    assume(known_gap(case, slot, what) is None)
     check_outcome(case, slot, what, bad)
 
 
@@ -561,7 +524,7 @@ def test_top_level_functions_reject_bad_input_clearly(entry, data):
     draw_and_check(top_case(entry, loss), data)
 
 
-@pytest.mark.parametrize("entry", sorted(set(other_cases()) - UNCHECKED_ENTRIES))
+@pytest.mark.parametrize("entry", sorted(other_cases()))
 @given(data=st.data())
 def test_other_functions_reject_bad_input_clearly(entry, data):
     draw_and_check(other_cases()[entry], data)
@@ -575,7 +538,6 @@ def test_model_measures_reject_bad_input_clearly(kind, entry, data):
     draw_and_check(model_case(kind, entry, loss), data)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known gaps, reported in issue 16")
 @pytest.mark.parametrize(
     ("entry", "loss", "slot", "what"),
     [
@@ -590,15 +552,14 @@ def test_model_measures_reject_bad_input_clearly(kind, entry, data):
         ("unflatten_params", None, "like", "b missing"),
     ],
 )
-def test_known_gaps_are_still_open(entry, loss, slot, what):
+def test_the_gaps_the_fuzz_found_are_closed(entry, loss, slot, what):
+    """Each corruption once crashed with a message naming nothing (issue 16); now clear."""
     if loss is None:
         case = other_cases()[entry]
     elif entry.startswith("models."):
         case = model_case("mlp", entry.removeprefix("models."), loss)
     else:
         case = top_case(entry, loss)
-    if known_gap(case, slot, what) is None:
-        pytest.fail("not in known_gap: the property checks it (remove it from this list)")
     bad = dict(corruptions(case.kinds[slot], case.valid(slot), 0))[what]
     check_outcome(case, slot, what, bad)
 

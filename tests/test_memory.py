@@ -55,12 +55,6 @@ def test_a_summing_measure_is_flat():
     assert large <= small + SLACK_BYTES, (small, large)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gcref.models.geometric_complexity keeps every per-example value (a list of "
-    "chunks, then numpy.concatenate) even when per_example=False: 16 bytes per example "
-    "(issue 16 item 6; remove this mark when it keeps a running sum)",
-)
 def test_geometric_complexity_memory_does_not_grow_with_n():
     (small, _), (large, _) = (traced_peak("geometric_complexity", n) for n in SIZES)
     assert large <= small + SLACK_BYTES, (small, large)
