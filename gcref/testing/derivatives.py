@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gcref._checks import check_finite_scalar, check_positive_int, check_rng
+from gcref.params import flatten_tree, tree_leaves, unflatten_tree
 
 __all__ = [
     "DerivativeCheck",
@@ -92,36 +93,8 @@ class DerivativeCheck:
     passed: bool
 
 
-def _leaves(tree):
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in _leaves(item)]
-    return [np.asarray(tree)]
-
-
-def _flatten(tree):
-    """Nested tuples/lists of arrays (or one array, or a scalar) -> 1-D float array."""
-    leaves = _leaves(tree)
-    return np.concatenate([np.ravel(leaf) for leaf in leaves]) if leaves else np.zeros(0)
-
-
-def _unflatten(vector, like):
-    """Inverse of :func:`_flatten` with the structure, shapes and dtypes of ``like``."""
-    pos = 0
-
-    def build(node):
-        nonlocal pos
-        if isinstance(node, (tuple, list)):
-            return type(node)(build(item) for item in node)
-        node = np.asarray(node)
-        out = vector[pos : pos + node.size].reshape(node.shape).astype(node.dtype)
-        pos += node.size
-        return out
-
-    return build(like)
-
-
 def _dtype(x):
-    dtypes = {leaf.dtype for leaf in _leaves(x)}
+    dtypes = {leaf.dtype for leaf in tree_leaves(x)}
     if len(dtypes) != 1 or next(iter(dtypes)) not in _RTOL:
         raise TypeError(
             f"x must hold arrays of one floating dtype (float32 or float64); got {sorted(map(str, dtypes))}"
@@ -145,7 +118,7 @@ def default_step(x):
     x : ndarray or nested tuple/list of ndarray
         The point; its dtype fixes ``eps``.
     """
-    flat = _flatten(x)
+    flat = flatten_tree(x)
     size = float(np.max(np.abs(flat))) if flat.size else 0.0
     return float(np.finfo(_dtype(x)).eps ** (1.0 / 3.0) * max(1.0, size))
 
@@ -167,8 +140,8 @@ def central_difference(fn, x, direction, *, step=None):
     ndarray, shape (m,)
         ``(F(x + t v) - F(x - t v)) / (2 t)``, flattened.
     """
-    x_flat = _flatten(x)
-    v_flat = _flatten(direction)
+    x_flat = flatten_tree(x)
+    v_flat = flatten_tree(direction)
     if v_flat.shape != x_flat.shape:
         raise ValueError(f"direction has {v_flat.size} entries; x has {x_flat.size}")
     if step is None:
@@ -176,8 +149,8 @@ def central_difference(fn, x, direction, *, step=None):
         if v_size == 0.0:
             raise ValueError("direction must not be zero")
         step = default_step(x) / v_size
-    plus = _flatten(fn(_unflatten(x_flat + step * v_flat, x)))
-    minus = _flatten(fn(_unflatten(x_flat - step * v_flat, x)))
+    plus = flatten_tree(fn(unflatten_tree(x_flat + step * v_flat, x)))
+    minus = flatten_tree(fn(unflatten_tree(x_flat - step * v_flat, x)))
     return (plus - minus) / (2.0 * step)
 
 
@@ -188,7 +161,7 @@ def _probe_error(fn, x, f0, u, v, claimed_value, claimed_scale, fn_scale, rtol, 
     differences, whose ``t^2`` truncation terms cancel (see Notes of :func:`check_vjp`).
     """
     step = default_step(x)
-    direction = _unflatten(v, x)
+    direction = unflatten_tree(v, x)
     near = central_difference(fn, x, direction, step=step)
     if near.shape != u.shape:
         raise ValueError(f"fn returned {near.size} entries; the probe u has {u.size}")
@@ -222,7 +195,7 @@ def _finish(errors, step, rtol, raise_on_failure, what):
 def _probes(rng, n_probes, x, out_size):
     check_rng(rng)
     n_probes = check_positive_int(n_probes, "n_probes")
-    size = _flatten(x).size
+    size = flatten_tree(x).size
     return [(rng.normal(size=out_size), rng.normal(size=size)) for _ in range(n_probes)]
 
 
@@ -277,10 +250,10 @@ def check_vjp(fn, x, vjp, rng, *, n_probes=3, rtol=None, fn_scale=0.0, raise_on_
     rtol = default_rtol(dtype) if rtol is None else check_finite_scalar(rtol, "rtol", positive=True)
     fn_scale = check_finite_scalar(fn_scale, "fn_scale", nonnegative=True)
     f0 = fn(x)
-    f0_flat = _flatten(f0)
+    f0_flat = flatten_tree(f0)
     errors, step = [], default_step(x)
     for u, v in _probes(rng, n_probes, x, f0_flat.size):
-        claimed = _flatten(vjp(_unflatten(u, f0)))
+        claimed = flatten_tree(vjp(unflatten_tree(u, f0)))
         if claimed.shape != v.shape:
             raise ValueError(f"vjp returned {claimed.size} entries; x has {v.size}")
         error, step = _probe_error(fn, x, f0_flat, u, v, float(claimed @ v),
@@ -321,10 +294,10 @@ def check_jvp(fn, x, jvp, rng, *, n_probes=3, rtol=None, fn_scale=0.0, raise_on_
     dtype = _dtype(x)
     rtol = default_rtol(dtype) if rtol is None else check_finite_scalar(rtol, "rtol", positive=True)
     fn_scale = check_finite_scalar(fn_scale, "fn_scale", nonnegative=True)
-    f0_flat = _flatten(fn(x))
+    f0_flat = flatten_tree(fn(x))
     errors, step = [], default_step(x)
     for u, v in _probes(rng, n_probes, x, f0_flat.size):
-        claimed = _flatten(jvp(_unflatten(v, x)))
+        claimed = flatten_tree(jvp(unflatten_tree(v, x)))
         if claimed.shape != u.shape:
             raise ValueError(f"jvp returned {claimed.size} entries; fn returns {u.size}")
         error, step = _probe_error(fn, x, f0_flat, u, v, float(u @ claimed),
