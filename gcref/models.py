@@ -193,7 +193,9 @@ def _spec(
     return DataSpec(input_key, target_key, batch_fn, progress)
 
 
-def _checked(adapter: ModelAdapter, chunk_size: int) -> Callable[[Any, str], Any]:
+def _checked(
+    adapter: ModelAdapter, chunk_size: int, wrt_input: bool = False
+) -> Callable[[Any, str], Any]:
     """``adapter.check_batch``, and once per call the check that examples are independent.
 
     Per-example quantities (``J(x_n)``, ``grad_theta l_n``) exist only when the model
@@ -202,12 +204,15 @@ def _checked(adapter: ModelAdapter, chunk_size: int) -> Callable[[Any, str], Any
     and on the chunk split in two (two more forward passes; in JAX the halves are padded
     to the chunk's compiled size); outputs that differ beyond the dtype's rounding raise
     a ``ValueError`` naming the cause (batch statistics). A gcref MLP never couples
-    examples and is not checked.
+    examples and is not checked. With ``wrt_input`` (the input-Jacobian measures), each
+    batch is also checked to have derivatives with respect to the input.
     """
     pending = [not adapter.examples_independent]
 
     def check(X: NativeArray, name: str) -> Any:
         X = adapter.check_batch(X, name)
+        if wrt_input:
+            adapter.check_input_derivatives(X, name)
         if pending and X.shape[0] >= 2:
             pending.clear()
             _check_independent(adapter, X[: max(2, chunk_size)])
@@ -319,7 +324,8 @@ def geometric_complexity(
     # Per-example values are kept only when asked for: memory stays one chunk's otherwise.
     values, total, count, k = [], 0.0, 0, None
     for X, _ in chunks(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
-                       what="geometric_complexity", check=_checked(adapter, chunk_size)):
+                       what="geometric_complexity",
+                       check=_checked(adapter, chunk_size, wrt_input=True)):
         if k is None:
             k = adapter.output_dim(X)
         chosen = mode
@@ -452,7 +458,7 @@ def estimate_geometric_complexity(
     per_chunk = max(1, chunk_size // n_probes)
     for X, _ in chunks(data, per_chunk, need_targets=False,
                        allow_empty=True, spec=spec, what="estimate_geometric_complexity",
-                       check=_checked(adapter, per_chunk)):
+                       check=_checked(adapter, per_chunk, wrt_input=True)):
         if k is None:
             k = adapter.output_dim(X)
         probes = draw_probes(rng, probe, (X.shape[0], n_probes, k))

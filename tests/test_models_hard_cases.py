@@ -178,3 +178,37 @@ def test_a_measure_switches_modes_once_per_call_not_per_chunk(torch):
         measure()
         assert calls == ["eval"]
         assert all(m.training for m in net.modules())
+
+
+def test_token_ids_for_an_embedding_are_measured_where_they_can_be(torch):
+    """Issue 15: integer inputs for every measure that does not differentiate in the input."""
+    import torch.nn.functional as F
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.head(self.embedding(x).reshape(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    net = Tokens().double()
+    X, y = torch.randint(0, 10, (6, 3)), torch.randint(0, 2, (6,))
+    params = list(net.parameters())
+    expected = []
+    for n in range(6):
+        grads = torch.autograd.grad(F.cross_entropy(net(X[n : n + 1]), y[n : n + 1]), params)
+        expected.append(sum(float(g.square().sum()) for g in grads))
+    rtol, _ = tolerance(np.float64)
+    norms = models.loss_grad_sq_norms(net, (X, y), "softmax_cross_entropy")
+    np.testing.assert_allclose(norms.total, expected, rtol=rtol)
+    assert norms.names == ("embedding.weight", "head.weight", "head.bias")
+    terms = models.igr_terms(net, (X.numpy(), y), "softmax_cross_entropy", batch_size=3)
+    np.testing.assert_allclose(terms.per_example, np.mean(expected), rtol=rtol)
+    for measure in (models.geometric_complexity, models.dirichlet_energy):
+        with pytest.raises(TypeError, match="X must have a floating dtype.*embedding"):
+            measure(net, X)
+    with pytest.raises(TypeError, match="X must have a floating dtype.*embedding"):
+        models.estimate_geometric_complexity(net, X, np.random.default_rng(0))

@@ -84,6 +84,13 @@ class ModelAdapter:
         """
         return X
 
+    def check_input_derivatives(self, X, name):
+        """Refuse a batch on which derivatives with respect to the input are undefined.
+
+        Called before the input-Jacobian measures (GC and its estimate); the default
+        accepts every batch that :meth:`check_batch` accepted.
+        """
+
     def jacobian_sq_norms(self, X, mode):
         """``||J(x_n)||_F^2`` per example, float64 NumPy ``(n,)``.
 

@@ -157,6 +157,20 @@ class TorchModel(ModelAdapter):
             self._refuse_batch_statistics()
         return X
 
+    def check_input_derivatives(self, X, name):
+        dtype = X.dtype if isinstance(X, self._torch.Tensor) else np.asarray(X).dtype
+        floating = dtype.is_floating_point if isinstance(dtype, self._torch.dtype) else (
+            np.dtype(dtype).kind == "f"
+        )
+        if not floating:
+            raise TypeError(
+                f"{name}: X must have a floating dtype for derivatives with respect to the "
+                f"input; got {dtype}. For token ids (an nn.Embedding), measure at the "
+                "embedding's output: write the model as head(embedding(x)) and pass "
+                "embedding(X).detach() to the measure of head; for numbers, convert them "
+                "with X.float()"
+            )
+
     def _refuse_batch_statistics(self):
         """Refuse layers that normalise by batch statistics even in inference mode."""
         for m_name, m in self.module.named_modules():
@@ -196,21 +210,23 @@ class TorchModel(ModelAdapter):
             )
         return named
 
-    def _input(self, X):
+    def _input(self, X, *, differentiate=False):
+        """``X`` as a tensor on the model's device: floats in the model's dtype, finite.
+
+        Integer inputs (token ids for an ``nn.Embedding``) are kept as they are for every
+        primitive that does not differentiate with respect to the input (``differentiate``).
+        """
         torch = self._torch
-        if isinstance(X, torch.Tensor):
-            if not X.is_floating_point():
-                raise TypeError(f"X must have a floating dtype; got {X.dtype}")
-            X = X.detach()
-        else:
-            array = np.asarray(X)
-            if array.dtype.kind != "f":
-                raise TypeError(
-                    f"X must have a floating dtype; got {array.dtype}. "
-                    "Convert it with X.astype(numpy.float32)"
-                )
-            X = torch.as_tensor(array)
+        if not isinstance(X, torch.Tensor):
+            X = torch.as_tensor(np.asarray(X))
+        X = X.detach()
         device, dtype = self._placement()
+        if not X.is_floating_point():
+            if differentiate:
+                self.check_input_derivatives(X, "data")
+            if X.dtype == torch.bool or X.is_complex():
+                raise TypeError(f"X must have a floating or integer dtype; got {X.dtype}")
+            return X.to(device=device)
         X = X.to(device=device, dtype=dtype)
         # The sum is finite for finite data unless it overflows: a scan 30x cheaper than
         # the element-wise one, which runs only when the sum is not finite.
@@ -276,7 +292,7 @@ class TorchModel(ModelAdapter):
     def _input_vjps(self, X, cotangents):
         """``||sum_o c_{n,o} df_o/dx_n||^2`` per example, for each ``(n, k)`` cotangent ``c``."""
         torch = self._torch
-        X = self._input(X).requires_grad_(True)
+        X = self._input(X, differentiate=True).requires_grad_(True)
         results = []
         with self._inference(), torch.enable_grad():
             f = self._call(self._detached_function(), X)
@@ -303,7 +319,7 @@ class TorchModel(ModelAdapter):
     def _forward_jacobian_sq_norms(self, X):
         """d Jacobian-vector products along the input basis, vmapped in blocks of tangents."""
         torch = self._torch
-        X = self._input(X)
+        X = self._input(X, differentiate=True)
         n, d = X.shape[0], X[0].numel()
         fn = self._detached_function()
         block = max(1, _FORWARD_PAIRS // n)
