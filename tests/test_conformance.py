@@ -318,3 +318,14 @@ def test_without_hypothesis_the_checker_works_and_the_kit_says_what_to_install()
         "        raise SystemExit(name + ' imported without hypothesis')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_miscalibrated_standard_error_is_caught():
+    """An estimate whose reported standard error is 10 times too large (a sqrt(N) slip and more)."""
+
+    def fn(model, X, seed):
+        value, stderr = numpy_impls.gc_estimate(model, X, seed)
+        return value, 10 * stderr
+
+    with pytest.raises(ConformanceError, match="standard error .* is not calibrated"):
+        conformance.check_gc_estimate(fn, "numpy", settings=quick("numpy", examples=20))
