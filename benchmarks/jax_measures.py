@@ -30,8 +30,9 @@ the torch adapter (``gcref.models`` on the torch module, one thread):
 - ``jit(vmap(grad))``: per-example gradients and their norms (grad norms; IGR terms also
   sum them and the mini-batch gradients);
 - ``jit(vmap(jacrev))``: per-example input Jacobians (exact GC);
-- ``k jitted VJPs``: one ``jax.vjp`` and k one-hot cotangents, one after another, in one
-  jitted function (exact GC); one VJP with the probes as cotangents (1-probe GC);
+- ``k jitted VJPs``: one ``jax.vjp`` and k one-hot cotangents, one after another
+  (``lax.map``), in one jitted function (exact GC); one VJP with the probes as
+  cotangents (1-probe GC);
 - ``jit(jvp(grad))``: forward over reverse (HVP).
 
 Every alternative's value is compared with gcref's before its time is printed (relative
@@ -42,7 +43,9 @@ differently, ``v^T H v`` and ``||H v||`` with ``v`` the parameter vector itself.
 Timing: each method runs once to compile and warm up; then ``--repeats`` rounds, each
 timing every method once in a shuffled order; the median is printed with the ratio
 ``alternative / gcref`` (above 1, gcref is faster). On a shared machine the figures are
-noisy: compare ratios of one run, not times across runs.
+noisy: compare ratios of one run, not times across runs. Compilation dominates short
+runs: XLA took 10 to 30 s per function for the ResNet-style network on the shared CPU
+here, so ``--quick`` measures the MLP only.
 
     .venv/bin/python benchmarks/jax_measures.py --quick      # under a minute: a smoke run
     .venv/bin/python benchmarks/jax_measures.py              # CPU-sized
@@ -204,12 +207,15 @@ def plain_jax(apply, params, chunk_iter):
 
     @jax.jit
     def k_vjps(p, X):
+        # One forward pass, then the k one-hot VJPs one after another (lax.map: a loop,
+        # not k unrolled copies, which took a minute to compile for the ResNet here).
         out, vjp = jax.vjp(lambda x: apply(p, x), X)
-        total = 0.0
-        for c in range(out.shape[1]):
+
+        def row_norms(c):
             (g,) = vjp(jnp.zeros_like(out).at[:, c].set(1.0))
-            total = total + jnp.sum(jnp.square(g).reshape(X.shape[0], -1), axis=1)
-        return total
+            return jnp.sum(jnp.square(g).reshape(X.shape[0], -1), axis=1)
+
+        return jnp.sum(jax.lax.map(row_norms, jnp.arange(out.shape[1])), axis=0)
 
     @jax.jit
     def probe_vjp(p, X, v):
@@ -387,12 +393,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quick", action="store_true",
-        help="a smoke run: one chunk of 32 8x8 images, width 4, one round, mlp and resnet",
+        help="a smoke run: the MLP only, one chunk of 32 8x8 images, width 4, one round",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.chunk, args.size, args.width, args.repeats = 32, 32, 8, 4, 1
-        args.nets = [net for net in args.nets if net != "small_cnn"] or args.nets
+        args.nets = ["mlp"]
     import jax
     import torch
 
