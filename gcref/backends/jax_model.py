@@ -240,8 +240,11 @@ def _output_grad_fn(apply, norm_method):
             (cotangents,) = vjp(c)
             return jax.vmap(lambda r, g: site_sq_norms(plan, leaves, r, g))(records, cotangents)
 
+        # One output after another (lax.map): a vmap over the outputs around the vmap over
+        # the examples has no batching rule for a convolution's kernel gradient (raised
+        # NotImplementedError under shard_map with JAX 0.10.2), and holds k cotangents.
         basis = jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, *out.shape))
-        return jnp.sum(jax.vmap(per_output)(basis), axis=0)
+        return jnp.sum(jax.lax.map(per_output, basis), axis=0)
 
     return output_grad_sq_norms
 
