@@ -54,9 +54,14 @@ html_title = f"gcref {release}"
 #: (module, title, one-line summary).
 API_MODULES = [
     ("gcref", "gcref", "The MLP reference: primitives, measures, norms, optimisers, training."),
-    ("gcref.models", "gcref.models", "The measures on users' own torch modules and JAX functions."),
-    ("gcref.penalties", "gcref.penalties", "Training penalties, each defined once."),
-    ("gcref.testing", "gcref.testing", "Gradient checkers used by the tests."),
+    ("gcref.models", "gcref.models", "Every measure, once, for a gcref MLP, a torch module or a JAX function."),
+    ("gcref.data", "gcref.data", "The data contract: arrays, pairs, batches, loaders, dicts."),
+    ("gcref.results", "gcref.results", "The result records, serialisable with to_dict."),
+    ("gcref.penalties", "gcref.penalties", "GC and IGR as differentiable training penalties."),
+    ("gcref.testing", "gcref.testing", "Derivative checks by finite differences."),
+    ("gcref.testing.conformance", "gcref.testing.conformance", "Verify your own implementation against the reference."),
+    ("gcref.testing.strategies", "gcref.testing.strategies", "Hypothesis strategies for MLP problems."),
+    ("gcref.backends.torch_layers", "gcref.backends.torch_layers", "The registry of per-layer norm rules for torch modules."),
     ("gcref.nets.torch", "gcref.nets.torch", "PyTorch networks: ResNet-18, a small CNN, an MLP."),
     ("gcref.nets.jax", "gcref.nets.jax", "JAX networks and the JAX function of a gcref MLP."),
 ]
