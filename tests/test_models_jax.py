@@ -497,3 +497,16 @@ def test_bad_norm_method_is_refused(small_mlp):
     apply, tree = small_mlp
     with pytest.raises(ValueError, match="norm_method must be one of"):
         JaxModel(apply, tree, norm_method="ghost")
+
+
+def test_hvp_tangent_placed_once_is_replaced_when_the_vector_changes(small_mlp):
+    apply, tree = small_mlp
+    rng = np.random.default_rng(23)
+    X, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    loss = gcref.get_loss("squared")
+    model = JaxModel(apply, tree)
+    v = rng.normal(size=model.parameter_vector().shape[0])
+    first = model.loss_hvp_sum(X, y, loss, v)
+    v *= -2.0  # in place: the cached tangent must not be reused
+    assert_close(model.loss_hvp_sum(X, y, loss, v), -2.0 * first)
+    assert_close(JaxModel(apply, tree).loss_hvp_sum(X, y, loss, v), -2.0 * first)
