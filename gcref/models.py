@@ -200,7 +200,8 @@ def _checked(
 
     Per-example quantities (``J(x_n)``, ``grad_theta l_n``) exist only when the model
     computes each example independently of the others in its batch. Once per measure
-    call, on the first chunk of at least two examples, the model is run on the chunk
+    call, on the first chunk of at least two examples (once per model and input shape
+    where the adapter remembers it), the model is run on the chunk
     and on the chunk split in two (two more forward passes; in JAX the halves are padded
     to the chunk's compiled size); outputs that differ beyond the dtype's rounding raise
     a ``ValueError`` naming the cause (batch statistics). A gcref MLP never couples
@@ -208,6 +209,7 @@ def _checked(
     batch is also checked to have derivatives with respect to the input.
     """
     pending = [not adapter.examples_independent]
+    cache = adapter.independence_cache()
 
     def check(X: NativeArray, name: str) -> Any:
         X = adapter.check_batch(X, name)
@@ -215,7 +217,11 @@ def _checked(
             adapter.check_input_derivatives(X, name)
         if pending and X.shape[0] >= 2:
             pending.clear()
-            _check_independent(adapter, X[: max(2, chunk_size)])
+            key = (tuple(X.shape[1:]), str(X.dtype))
+            if cache is None or key not in cache:
+                _check_independent(adapter, X[: max(2, chunk_size)])
+                if cache is not None:
+                    cache.add(key)
         return X
 
     return check

@@ -212,3 +212,21 @@ def test_token_ids_for_an_embedding_are_measured_where_they_can_be(torch):
             measure(net, X)
     with pytest.raises(TypeError, match="X must have a floating dtype.*embedding"):
         models.estimate_geometric_complexity(net, X, np.random.default_rng(0))
+
+
+def test_the_batch_statistics_check_runs_once_per_model_and_shape(torch):
+    """Its forward passes are paid once per model and input shape, not on every call."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    X = torch.randn(8, 3)
+    calls = []
+    forward = net.forward
+    net.forward = lambda x: calls.append(tuple(x.shape)) or forward(x)
+    models.geometric_complexity(net, X, chunk_size=4)
+    first = len(calls)
+    calls.clear()
+    models.geometric_complexity(net, X, chunk_size=4)
+    # The second call skips the whole chunk and its two halves of the first one.
+    assert len(calls) == first - 3
+    calls.clear()
+    models.geometric_complexity(net, torch.randn(8, 3), chunk_size=4)
+    assert len(calls) == first - 3

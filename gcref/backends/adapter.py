@@ -61,6 +61,16 @@ class ModelAdapter:
     #: measures then skip their check for batch statistics.
     examples_independent = False
 
+    def independence_cache(self):
+        """A set in which the measures remember the input shapes already checked for
+        batch statistics, or ``None`` to check on every call (the default).
+
+        Whether a model couples the examples of a batch is a property of its structure,
+        not of its weights: adapters that can tell one model from another keep the set
+        per model, so that the check costs its forward passes once per model and shape.
+        """
+        return None
+
     def rounding_tolerance(self):
         """``(rtol, atol)`` within which two evaluations of the same outputs may differ."""
         from gcref.tolerances import tolerance

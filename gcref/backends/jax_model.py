@@ -16,6 +16,9 @@ from gcref.backends.adapter import ModelAdapter
 _PRIMITIVES = {}
 #: k by (apply, input shape, dtype, parameter structure), from shapes alone.
 _OUTPUT_DIMS = {}
+#: Input shapes each ``apply`` (and parameter structure) was checked for batch statistics
+#: with (see :func:`gcref.models._checked`).
+_CHECKED_SHAPES = {}
 
 
 class _Primitive:
@@ -477,6 +480,9 @@ class JaxModel(ModelAdapter):
 
     def __repr__(self):
         return f"JaxModel({getattr(self.apply, '__name__', type(self.apply).__name__)})"
+
+    def independence_cache(self):
+        return _CHECKED_SHAPES.setdefault((self.apply, self._treedef, self._shapes), set())
 
     def rounding_tolerance(self):
         from gcref.tolerances import tolerance

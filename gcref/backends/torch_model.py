@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forw
 #: Jacobian-vector product (or one chunk's examples, if more): the memory of a forward
 #: pass over that many examples.
 _FORWARD_PAIRS = 256
+
+
+#: Input shapes each module has been checked for batch statistics with (see
+#: :func:`gcref.models._checked`); weak, so that a module is not kept alive by it.
+_CHECKED_SHAPES = weakref.WeakKeyDictionary()
 
 
 class TorchModel(ModelAdapter):
@@ -107,6 +113,9 @@ class TorchModel(ModelAdapter):
         return f"TorchModel({type(self.module).__name__}, norm_method={self.norm_method!r})"
 
     # -- placement, inputs, calls ----------------------------------------------------------
+
+    def independence_cache(self):
+        return _CHECKED_SHAPES.setdefault(self.module, set())
 
     def rounding_tolerance(self):
         from gcref.tolerances import tolerance
