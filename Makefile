@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/per_example_norms.py
 	$(PY) benchmarks/model_measures.py
 	$(PY) benchmarks/penalties.py --quick
+	$(PY) benchmarks/jax_measures.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build docs/api
