@@ -133,8 +133,6 @@ def unflatten_params(vector: ArrayLike, like: MLPParams) -> NumpyParams:
         isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in like
     ):
         raise TypeError("like must be a sequence of (W, b) pairs, as params are")
-    if not np.all(np.isfinite(vector)):
-        raise ValueError("vector contains NaN or infinite values: parameters must be finite")
     total = sum(np.size(a) for pair in like for a in pair)
     if total != vector.size:
         raise ValueError(f"vector has {vector.size} entries but like holds {total} parameters")

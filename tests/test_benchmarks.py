@@ -10,6 +10,7 @@ verdicts read proportional times and flat memory as such.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -92,7 +93,10 @@ def test_scaling_memory_child_reports_each_measure(capsys):
     assert set(result["peak_mib"]) == set(sc.MEASURES)
     assert all(peak > 0 for peak in result["peak_mib"].values())
     if result["per_measure"]:
-        assert all(result["peak_mib"][m] >= result["start_mib"][m] for m in sc.MEASURES)
+        # Linux batches each thread's RSS count (64 pages at a time, "split RSS counting"),
+        # so VmRSS read at the start may run ahead of the peak by a few pages per thread.
+        slack_mib = 64 * 4096 * os.cpu_count() * 4 / 2**20
+        assert all(result["peak_mib"][m] >= result["start_mib"][m] - slack_mib for m in sc.MEASURES)
 
 
 def test_scaling_tables_and_plot_give_the_verdicts(tmp_path):
