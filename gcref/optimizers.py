@@ -163,10 +163,11 @@ class NMGD(Optimizer):
     a : float, 0 < a < 1
         ``lambda_n = 1 / (n + offset)^a``.
     offset : int >= 0
-        Shift of the schedule. With the default 0, ``lambda_1 = 1`` and the first update
-        returns zero whatever the start (Halpern's anchor); ``offset = 1`` starts the
-        schedule at ``lambda = 2^{-a}``, the indexing of Halpern's theorem in seed 004
-        (``w_{n+1} = k_{n+1} T w_n``).
+        Shift of the schedule. The default 1 starts it at ``lambda_1 = 2^{-a}``, the
+        indexing of Halpern's theorem in seed 004 (``w_{n+1} = k_{n+1} T w_n``), so that
+        the first anchor is below 1 (docs/math.md section 6). With 0, ``lambda_1 = 1``
+        and the first update returns zero whatever the start, which makes "from any
+        start" hold trivially.
     train_biases : bool
 
     Notes
@@ -178,7 +179,7 @@ class NMGD(Optimizer):
     ``lambda_n``, so a relative error of 1e-6 takes about ``10^{6/a}`` steps.
     """
 
-    def __init__(self, lr, a, *, offset=0, train_biases=True):
+    def __init__(self, lr, a, *, offset=1, train_biases=True):
         super().__init__(lr, train_biases=train_biases)
         self.a = check_finite_scalar(a, "a")
         if not 0 < self.a < 1:

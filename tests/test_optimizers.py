@@ -136,13 +136,25 @@ def test_nmgd_shrinks_the_null_space_component_by_the_halpern_factors(seed, n, e
     np.testing.assert_allclose(as_rows(gd) @ null, initial, rtol=1e-8, atol=scale)
 
 
-def test_nmgd_first_update_returns_to_the_anchor():
+def test_nmgd_first_update_returns_to_the_anchor_when_indexed_from_zero():
     rng = np.random.default_rng(0)
     mlp = gcref.MLP((3, 4, 2))
     params = mlp.init(rng, bias="normal")
     grads = mlp.init(rng, bias="normal")
-    for W, b in NMGD(0.1, 0.5).update(mlp, params, grads, 1):
+    for W, b in NMGD(0.1, 0.5, offset=0).update(mlp, params, grads, 1):
         assert not np.any(W) and not np.any(b)
+
+
+def test_nmgd_by_default_starts_below_the_anchor_as_seed_004_indexes():
+    """docs/math.md section 6: the first anchor weight is 2^-a, not 1."""
+    assert np.isclose(NMGD(0.1, 0.5).weight(1), 2.0**-0.5, rtol=1e-15, atol=0)
+    rng = np.random.default_rng(0)
+    mlp = gcref.MLP((3, 4, 2))
+    params = mlp.init(rng, bias="normal")
+    zero = tuple((np.zeros_like(W), np.zeros_like(b)) for W, b in params)
+    for (W, b), (W0, b0) in zip(NMGD(0.1, 0.5).update(mlp, params, zero, 1), params):
+        np.testing.assert_allclose(W, (1 - 2.0**-0.5) * W0)
+        np.testing.assert_allclose(b, (1 - 2.0**-0.5) * b0)
 
 
 def test_nmgd_reaches_the_minimum_norm_solution_and_gd_does_not():
