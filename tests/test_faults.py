@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require_backend
-from test_models_distributed import REPO, WORLD, data_set, free_port, module
+from processes import gloo_env, start
+from test_models_distributed import WORLD, data_set, module
 
 import gcref
 import gcref.models as gm
@@ -224,24 +225,7 @@ def run_rank(scenario, out_dir):
 
 
 def start_ranks(scenario, out_dir):
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE=str(WORLD),
-        GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"),
-                                                 os.environ.get("PYTHONPATH")])),
-    )
-    return [
-        subprocess.Popen(
-            [sys.executable, __file__, scenario, str(out_dir)],
-            env=dict(env, RANK=str(rank)), cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for rank in range(WORLD)
-    ]
+    return start(__file__, [scenario, out_dir], WORLD, gloo_env(WORLD))
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

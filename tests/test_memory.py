@@ -13,7 +13,6 @@ import importlib.util
 import tracemalloc
 from pathlib import Path
 
-import pytest
 
 from gcref import models
 

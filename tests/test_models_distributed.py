@@ -18,13 +18,11 @@ ranks' j-th batches, so the single-process run uses those unions as its batches.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from processes import gloo_env, start, wait_all
 
 WORLD = 2
 RANK_TIMEOUT_S = 120
@@ -35,7 +33,6 @@ N_PROBES = 3
 LAYOUTS = {"even": (0, 6, 12), "uneven": (0, 4, 12), "empty": (0, 0, 12)}
 #: Cut points of each shard into three uneven mini-batches, by layout and rank.
 BATCH_CUTS = {"even": ((1, 4), (2, 3)), "uneven": ((1, 2), (3, 7)), "empty": ((0, 0), (3, 7))}
-REPO = Path(__file__).resolve().parent.parent
 
 
 def module(torch):
@@ -135,55 +132,10 @@ def run_rank(out_dir):
 
 
 # -- the test ---------------------------------------------------------------------------------
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(out_dir):
     """Start the ranks, wait for them (``RANK_TIMEOUT_S``), fail with their stderr if any fails."""
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE=str(WORLD),
-        GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out_dir)],
-            env=dict(env, RANK=str(rank)),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    outputs, timed_out = [], False
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=RANK_TIMEOUT_S))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for p in procs:
-                p.kill()
-            outputs.append(proc.communicate())
-    for p in procs:
-        p.wait()
-    failed = timed_out or any(p.returncode != 0 for p in procs)
-    if failed:
-        report = "\n".join(
-            f"--- rank {r} (exit {p.returncode}) stderr:\n{err}\n--- stdout:\n{out}"
-            for r, (p, (out, err)) in enumerate(zip(procs, outputs))
-        )
-        pytest.fail(
-            ("ranks timed out after %d s\n" % RANK_TIMEOUT_S if timed_out else "a rank failed\n")
-            + report
-        )
+    procs = start(__file__, [out_dir], WORLD, gloo_env(WORLD))
+    wait_all(procs, RANK_TIMEOUT_S)
     return [dict(np.load(Path(out_dir) / f"rank{r}.npz")) for r in range(WORLD)]
 
 

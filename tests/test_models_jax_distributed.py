@@ -20,13 +20,11 @@ process that passes fewer mini-batches than the other is refused on both.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from processes import jax_env, start, wait_all
 
 WORLD = 2
 RANK_TIMEOUT_S = 120
@@ -38,7 +36,6 @@ LOSS = "squared"
 LAYOUTS = {"uneven": (0, 4, 12), "empty": (0, 0, 12)}
 #: Cut points of each shard into three uneven mini-batches, by layout and process.
 BATCH_CUTS = {"uneven": ((1, 2), (3, 7)), "empty": ((0, 0), (3, 7))}
-REPO = Path(__file__).resolve().parent.parent
 
 
 def model():
@@ -126,52 +123,10 @@ def run_rank(out_dir):
 
 
 # -- the test ---------------------------------------------------------------------------------
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(out_dir):
     """Start the processes, wait (``RANK_TIMEOUT_S``), fail with their stderr if any fails."""
-    env = dict(
-        os.environ,
-        JAX_COORDINATOR=f"127.0.0.1:{free_port()}",
-        JAX_PLATFORMS="cpu",
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    env.pop("XLA_FLAGS", None)  # one local device per process
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out_dir)],
-            env=dict(env, JAX_RANK=str(rank)),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    outputs, timed_out = [], False
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=RANK_TIMEOUT_S))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for p in procs:
-                p.kill()
-            outputs.append(proc.communicate())
-    for p in procs:
-        p.wait()
-    if timed_out or any(p.returncode != 0 for p in procs):
-        report = "\n".join(
-            f"--- process {r} (exit {p.returncode}) stderr:\n{err[-4000:]}\n--- stdout:\n{out}"
-            for r, (p, (out, err)) in enumerate(zip(procs, outputs))
-        )
-        why = f"processes timed out after {RANK_TIMEOUT_S} s" if timed_out else "a process failed"
-        pytest.fail(why + "\n" + report)
+    procs = start(__file__, [out_dir], WORLD, jax_env(), rank_variable="JAX_RANK")
+    wait_all(procs, RANK_TIMEOUT_S)
     return [dict(np.load(Path(out_dir) / f"rank{r}.npz")) for r in range(WORLD)]
 
 

@@ -17,13 +17,11 @@ so that the union sees the single process's probes (they are drawn example by ex
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
+from processes import gloo_env, start, wait_all
 
 WORLD = 2
 RANK_TIMEOUT_S = 120
@@ -33,7 +31,6 @@ PROBE_SEED = 21
 #: Shard boundaries: rank r holds examples ``[bounds[r], bounds[r + 1])``.
 LAYOUTS = {"even": (0, 3, 6), "uneven": (0, 2, 6)}
 PENALTIES = ("gc", "gc-estimate", "de-estimate", "igr-full-batch", "igr-per-example")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def module(torch):
@@ -126,54 +123,10 @@ def run_rank(out_dir):
 
 
 # -- the test ---------------------------------------------------------------------------------
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(out_dir):
     """Start the ranks, wait for them (``RANK_TIMEOUT_S``), fail with their stderr if any fails."""
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(free_port()),
-        WORLD_SIZE=str(WORLD),
-        GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(out_dir)],
-            env=dict(env, RANK=str(rank)),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD)
-    ]
-    outputs, timed_out = [], False
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=RANK_TIMEOUT_S))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            for p in procs:
-                p.kill()
-            outputs.append(proc.communicate())
-    for p in procs:
-        p.wait()
-    if timed_out or any(p.returncode != 0 for p in procs):
-        report = "\n".join(
-            f"--- rank {r} (exit {p.returncode}) stderr:\n{err}\n--- stdout:\n{out}"
-            for r, (p, (out, err)) in enumerate(zip(procs, outputs))
-        )
-        pytest.fail(
-            (f"ranks timed out after {RANK_TIMEOUT_S} s\n" if timed_out else "a rank failed\n")
-            + report
-        )
+    procs = start(__file__, [out_dir], WORLD, gloo_env(WORLD))
+    wait_all(procs, RANK_TIMEOUT_S)
     return [dict(np.load(Path(out_dir) / f"rank{r}.npz")) for r in range(WORLD)]
 
 

@@ -20,7 +20,6 @@ from gcref.tolerances import tolerance
 from gcref.transfer import TransferTerms, spectral_norms, transfer_ratio, transfer_terms
 from gcref.testing.strategies import (
     ACTIVATION_NAMES,
-    activations,
     assume_unsaturated,
     fixed_shape_problems,
     PARAMETER_SCALES,
