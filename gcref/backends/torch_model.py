@@ -227,7 +227,13 @@ class TorchModel(ModelAdapter):
         """
         torch = self._torch
         if not isinstance(X, torch.Tensor):
-            X = torch.as_tensor(np.asarray(X))
+            array = np.asarray(X)
+            if array.dtype.kind not in "fiu":
+                raise TypeError(
+                    f"X must have a floating dtype (or an integer one, for token ids); got "
+                    f"{array.dtype}. Convert it with X.astype(numpy.float32)"
+                )
+            X = torch.as_tensor(array)
         X = X.detach()
         device, dtype = self._placement()
         if not X.is_floating_point():
