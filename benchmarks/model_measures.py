@@ -108,6 +108,9 @@ FULL_SETTING = {"n": 50_000, "width": 64, "image_size": 32, "batch_size": 256, "
 QUICK_SETTING = {"n": 32, "width": 2, "image_size": 8, "batch_size": 16, "loop_n": 4,
                  "alt_n": None, "check_n": 8, "repeats": 1, "min_seconds": 0, "threads": 1}
 MAX_ROUNDS = 25
+#: Back-to-back pairs (gcref, alternative) per alternative: at least PAIRS_MIN, more (at
+#: most PAIRS_MAX) until they last PAIR_SECONDS.
+PAIRS_MIN, PAIRS_MAX, PAIR_SECONDS = 5, 25, 4.0
 
 
 @dataclass
@@ -127,6 +130,8 @@ class Method:
     value: object = None
     rel_diff: float = float("nan")
     failure: str = ""
+    #: ``time(alternative) / time(gcref)`` of back-to-back pairs (see ``run_pairs``).
+    ratios: list = field(default_factory=list)
 
     def seconds(self, n_total):
         """Median time, extrapolated linearly to ``n_total`` examples."""
@@ -705,6 +710,33 @@ def run_methods(methods, repeats, min_seconds, warm_n, device, rng, log):
         log(f"  round {r}/{rounds} done")
 
 
+def run_pairs(gcref, alternatives, device, rng, log):
+    """Time each alternative and gcref's same measure back to back, in a random order.
+
+    The speed of a shared virtual CPU drifts by tens of percent over seconds (measured
+    here: the same call 9 ms, then 12 ms a minute later), more than the differences a
+    ratio of medians over whole rounds can resolve. The ratio of two calls made one after
+    the other cancels the drift; its median over the pairs is the ratio reported. Only
+    alternatives timed on all N examples are paired (the extrapolated loops are not).
+    """
+    for alt in alternatives:
+        reference = gcref[alt.measure]
+        if alt.failure or reference.failure or alt.n != reference.n:
+            continue
+        started, wanted, i = time.perf_counter(), PAIRS_MIN, 0
+        while i < wanted:
+            first, second = (reference, alt) if rng.random() < 0.5 else (alt, reference)
+            t_first, _ = time_once(first.run, first.n, device)
+            t_second, _ = time_once(second.run, second.n, device)
+            t_ref, t_alt = (t_first, t_second) if first is reference else (t_second, t_first)
+            alt.ratios.append(t_alt / t_ref)
+            i += 1
+            if i == 1:
+                per_pair = time.perf_counter() - started
+                wanted = min(PAIRS_MAX, max(PAIRS_MIN, math.ceil(PAIR_SECONDS / per_pair)))
+    log("  pairs done")
+
+
 # -- one model ------------------------------------------------------------------------------
 
 
@@ -744,6 +776,7 @@ def benchmark_model(name, args, device, dtype, log):
     run_methods([baseline, *gcref.values(), *alternatives], args.repeats, args.min_seconds,
                 2 * chunk, device, np.random.default_rng(args.seed), log)
     check_agreement(gcref, alternatives, agreement_rtol(args))
+    run_pairs(gcref, alternatives, device, np.random.default_rng(args.seed + 2), log)
     report(baseline, gcref, alternatives, n, log)
     accuracy_against_float64(model, X, y, args, log)
     log(f"  ({time.perf_counter() - started:.0f} s for this model)")
@@ -775,20 +808,20 @@ def check_agreement(gcref, alternatives, rtol):
 
 def report(baseline, gcref, alternatives, n, log):
     log(f"  {'measure':<11}{'method':<33}{'timed on':>9}{'median s':>10}{'min-max s':>18}"
-        f"{'/ epoch':>9}  {'goal':<12}{'alt/gcref':>10}{'rel diff':>10}")
+        f"{'/ epoch':>9}  {'goal':<12}{'alt/gcref':>10}{'paired':>19}{'rel diff':>10}")
     if baseline.failure:
         log(f"  baseline {baseline.failure}: no ratios")
         return
     epoch = baseline.seconds(n)
 
-    def line(m, goal="", speed="", diff=""):
+    def line(m, goal="", speed="", paired="", diff=""):
         if m.failure:
             log(f"  {m.measure:<11}{m.label:<33}  {m.failure}")
             return
         timed_on = f"{m.n}" + ("*" if m.n < n else "")
         spread = "-".join(f"{t * n / m.n:.3g}" for t in (min(m.times), max(m.times)))
         log(f"  {m.measure:<11}{m.label:<33}{timed_on:>9}{m.seconds(n):>10.4g}{spread:>18}"
-            f"{m.seconds(n) / epoch:>9.2f}  {goal:<12}{speed:>10}{diff:>10}")
+            f"{m.seconds(n) / epoch:>9.2f}  {goal:<12}{speed:>10}{paired:>19}{diff:>10}")
 
     line(baseline)
     for measure, method in gcref.items():
@@ -804,12 +837,21 @@ def report(baseline, gcref, alternatives, n, log):
             line(alt)
             continue
         speed = alt.seconds(n) / gcref[alt.measure].seconds(n)
-        if speed < 1:
-            slower_than.append(f"{alt.label} ({alt.measure}, {speed:.2f})")
-        line(alt, speed=f"{speed:.2f}", diff=f"{alt.rel_diff:.1e}")
+        paired = ""
+        if alt.ratios:
+            q1, median, q3 = np.percentile(alt.ratios, [25, 50, 75])
+            paired = f"{median:.2f} [{q1:.2f},{q3:.2f}]"
+            speed_judged = median
+        else:
+            speed_judged = speed
+        if speed_judged < 1:
+            slower_than.append(f"{alt.label} ({alt.measure}, {speed_judged:.2f})")
+        line(alt, speed=f"{speed:.2f}", paired=paired, diff=f"{alt.rel_diff:.1e}")
     log(f"  * timed on the first examples only, times extrapolated linearly to N = {n}")
     log("  / epoch: median time over the baseline's; alt/gcref: the alternative's median time "
-        "over gcref's (above 1: gcref is faster); rel diff: max |alt - gcref| / max |gcref|")
+        "over gcref's (above 1: gcref is faster); paired: the median [quartiles] of "
+        "alt/gcref over back-to-back pairs, which the verdict below judges where it exists; "
+        "rel diff: max |alt - gcref| / max |gcref|")
     log("  gcref at least as fast as every alternative: "
         + ("PASS" if not slower_than else "MISS, slower than " + "; ".join(slower_than)))
 

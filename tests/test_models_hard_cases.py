@@ -225,8 +225,44 @@ def test_the_batch_statistics_check_runs_once_per_model_and_shape(torch):
     first = len(calls)
     calls.clear()
     models.geometric_complexity(net, X, chunk_size=4)
-    # The second call skips the whole chunk and its two halves of the first one.
-    assert len(calls) == first - 3
+    # The second call skips the whole chunk and its two halves of the first one, and
+    # the one-example pass that learnt the output size k.
+    assert calls == [(4, 3), (4, 3)] and first == 6
     calls.clear()
     models.geometric_complexity(net, torch.randn(8, 3), chunk_size=4)
-    assert len(calls) == first - 3
+    assert calls == [(4, 3), (4, 3)]
+
+
+def test_a_cached_output_size_follows_a_replaced_head(torch):
+    """k is learnt once per module and input shape, and again when the parameters change."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    net.double()
+    X = torch.randn(6, 3, dtype=torch.float64)
+    models.estimate_geometric_complexity(net, X, np.random.default_rng(0))
+    net[2] = torch.nn.Linear(4, 3).double()
+    est = models.estimate_geometric_complexity(net, X, np.random.default_rng(0), n_probes=400)
+    exact = float(models.geometric_complexity(net, X))
+    assert abs(est.value - exact) < 5 * est.stderr
+
+
+def test_a_module_whose_output_size_changes_unseen_gets_a_clear_error(torch):
+    """An output size that changes without a parameter change is named, not broadcast."""
+
+    class Narrowed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.k = 2
+
+        def forward(self, x):
+            return self.lin(x)[:, : self.k]
+
+    net = Narrowed()
+    X = torch.randn(6, 3)
+    models.estimate_geometric_complexity(net, X, np.random.default_rng(0))
+    net.k = 3
+    with pytest.raises(ValueError, match="outputs of shape"):
+        models.estimate_geometric_complexity(net, X, np.random.default_rng(0))
+    # The cache is dropped with the error: the next call learns k again.
+    est = models.estimate_geometric_complexity(net, X, np.random.default_rng(0), n_probes=400)
+    assert abs(est.value - float(models.geometric_complexity(net, X))) < 5 * est.stderr

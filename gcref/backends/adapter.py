@@ -141,7 +141,9 @@ class ModelAdapter:
         return total, grad, sq_norms
 
     def loss_hvp_sum(self, X, targets, loss, vector):
-        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native float64 ``(p,)``; ``vector`` native float64 ``(p,)``."""
+        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native ``(p,)``, float64 or the
+        parameters' dtype (the caller adds the chunks into a float64 vector in place);
+        ``vector`` native float64 ``(p,)``."""
         raise NotImplementedError
 
     def per_example_penalty_grad_sum(self, X, targets, loss):
@@ -152,6 +154,10 @@ class ModelAdapter:
         """The parameters, flattened in the adapter's fixed order, float64 NumPy ``(p,)``."""
         raise NotImplementedError
 
+    def n_parameters(self):
+        """``p``, the number of parameters; the default flattens :meth:`parameter_vector`."""
+        return int(self.parameter_vector().shape[0])
+
     def to_native_vector(self, vector):
         """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device.
 
@@ -160,7 +166,7 @@ class ModelAdapter:
         host.
         """
         vector = np.asarray(vector, dtype=np.float64)
-        p = self.parameter_vector().shape[0]
+        p = self.n_parameters()
         if vector.shape != (p,):
             raise ValueError(
                 f"vector must have shape ({p},), one entry per parameter; got {vector.shape}"

@@ -25,6 +25,9 @@ _FORWARD_PAIRS = 256
 #: Input shapes each module has been checked for batch statistics with (see
 #: :func:`gcref.models._checked`); weak, so that a module is not kept alive by it.
 _CHECKED_SHAPES = weakref.WeakKeyDictionary()
+#: k, the number of outputs, per module and (input shape, dtype): learnt from one example
+#: once, not on every measure call (checked against the output of each chunk's pass).
+_OUTPUT_DIMS = weakref.WeakKeyDictionary()
 
 
 class TorchModel(ModelAdapter):
@@ -116,6 +119,15 @@ class TorchModel(ModelAdapter):
 
     def independence_cache(self):
         return _CHECKED_SHAPES.setdefault(self.module, set())
+
+    def output_dim(self, X):
+        # Keyed by the parameters' names and shapes too: a replaced head changes k.
+        dims = _OUTPUT_DIMS.setdefault(self.module, {})
+        shapes = tuple((name, tuple(p.shape)) for name, p in self.module.named_parameters())
+        key = (tuple(X.shape[1:]), str(X.dtype), shapes)
+        if key not in dims:
+            dims[key] = super().output_dim(X)
+        return dims[key]
 
     def rounding_tolerance(self):
         from gcref.tolerances import tolerance
@@ -310,9 +322,19 @@ class TorchModel(ModelAdapter):
         X = self._input(X, differentiate=True).requires_grad_(True)
         results = []
         with self._inference(), torch.enable_grad():
-            f = self._call(self._detached_function(), X)
+            # The module itself, not a detached copy: a backward pass to X alone computes
+            # no weight gradient either way, and functional_call costs a parameter swap
+            # per chunk (measured: 5% of a 1-probe estimate of a small MLP).
+            f = self._call(self.module, X)
             cotangents = list(cotangents(f))
             for j, c in enumerate(cotangents):
+                if c.shape != f.shape:
+                    _OUTPUT_DIMS.pop(self.module, None)
+                    raise ValueError(
+                        f"the module returned outputs of shape {tuple(f.shape)} where "
+                        f"{tuple(c.shape)} was expected: did it change between measure calls? "
+                        "Call the measure again"
+                    )
                 (g,) = torch.autograd.grad(
                     f, X, grad_outputs=c, retain_graph=j < len(cotangents) - 1, allow_unused=True
                 )
@@ -608,21 +630,37 @@ class TorchModel(ModelAdapter):
         torch = self._torch
         X = self._input(X)
         params = [p for _, p in self._trainable()]
-        pieces = torch.split(vector, [p.numel() for p in params])
+        pieces = self._tangent_pieces(vector, params)
         with self._inference(), torch.enable_grad():
             total = self._summed_loss(X, targets, loss)
             grads = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
             directional = sum(
-                (g * v.reshape(p.shape).to(g.dtype)).sum()
-                for g, v, p in zip(grads, pieces, params)
-                if g is not None
+                (g * v).sum() for g, v in zip(grads, pieces) if g is not None
             )
             if not isinstance(directional, torch.Tensor) or not directional.requires_grad:
                 return torch.zeros(vector.shape, dtype=torch.float64, device=vector.device)
             hv = torch.autograd.grad(directional, params, allow_unused=True)
-        return _flat64(hv, params, torch).to(vector.device)
+        # In the parameters' dtype: gcref.models adds it into its float64 sum in place.
+        return _flat(hv, params, torch)
+
+    def _tangent_pieces(self, vector, params):
+        """``vector`` cut into the parameters' shapes and dtypes, once per session.
+
+        gcref.models passes the same vector for every chunk of a call; converting its
+        pieces costs a pass over every parameter per chunk otherwise.
+        """
+        torch = self._torch
+
+        def pieces():
+            split = torch.split(vector, [p.numel() for p in params])
+            return [v.reshape(p.shape).to(p.dtype) for v, p in zip(split, params)]
+
+        return self._cached(("tangent", vector.data_ptr(), vector._version), pieces)
 
     # -- vectors and processes -------------------------------------------------------------
+
+    def n_parameters(self):
+        return sum(p.numel() for _, p in self._trainable())
 
     def parameter_vector(self):
         params = [p for _, p in self._trainable()]
@@ -656,7 +694,11 @@ def _row_sq_norms(g, X, torch):
     """Squared norm of each example's row of ``g`` (an input gradient), float64 ``(n,)``."""
     if g is None:
         return torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
-    return compute_dtype(g).reshape(g.shape[0], -1).square().sum(dim=1, dtype=torch.float64)
+    # The norm in the gradient's dtype, then squared in float64: 4x to 10x faster on the
+    # CPU than squaring and summing into float64 (measured: 0.06 ms against 0.56 ms for a
+    # 128 x 3072 float32 gradient), with float32's rounding of a sum of 3072 squares.
+    rows = compute_dtype(g).reshape(g.shape[0], -1)
+    return torch.linalg.vector_norm(rows, dim=1).to(torch.float64).square()
 
 
 def _tree_columns(tree, trainable, n, torch):
@@ -666,11 +708,14 @@ def _tree_columns(tree, trainable, n, torch):
     )
 
 
+def _flat(grads, params, torch):
+    """Gradients (``None`` where unused) as one vector in theta's order, in their dtype."""
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]
+    )
+
+
 def _flat64(grads, params, torch):
     """Gradients (``None`` where unused) as one float64 vector in theta's order."""
-    return torch.cat(
-        [
-            (torch.zeros_like(p) if g is None else g).reshape(-1).to(torch.float64)
-            for g, p in zip(grads, params)
-        ]
-    )
+    # One concatenation in the gradients' dtype, then one conversion (not one per tensor).
+    return _flat(grads, params, torch).to(torch.float64)
