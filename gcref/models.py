@@ -139,14 +139,9 @@ def wrap(model: Model, params: Any = None, backend: BackendLike | None = None) -
         return TorchModel(model)
     if callable(model):
         _check_own_backend(backend, "jax", "a JAX apply function")
-        if params is None:
-            raise TypeError(
-                "a function model needs params: pass apply(params, x) as model and its "
-                "parameter pytree as params"
-            )
-        from gcref.backends.jax_model import JaxModel
+        from gcref.backends.jax_frameworks import adapt
 
-        return JaxModel(model, params)
+        return adapt(model, params)
     raise TypeError(
         "model must be a torch.nn.Module or a JAX apply(params, x) function, a gcref.MLP with "
         f"params, or a ModelAdapter; got {type(model).__name__}"
@@ -554,7 +549,7 @@ def _loss_sum_and_grad(
     penalty: bool = False, check: Callable[[Any, str], Any] | None = None,
 ) -> tuple[Any, ...]:
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
-    zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
+    zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
     total, grad, hg, count = 0.0, zero, zero, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
                                       spec=spec, what=what, check=check):
@@ -570,17 +565,49 @@ def _loss_sum_and_grad(
     return total, grad, float(count)
 
 
+class _PairwiseSum:
+    """The sum of the chunks' native vectors, added pairwise in the adapter's dtype.
+
+    Chunk vectors in the parameters' dtype are added two by two as they arrive (a binary
+    counter of partial sums), so the rounding error grows like the logarithm of the
+    number of chunks, not like the number; the few partial sums left are added in float64
+    at the end. Against converting each chunk to float64 and adding it, this saves two
+    passes over every parameter per chunk (measured: a fifth of an MLP's HVP with 855k
+    parameters, chunks of 128, on the CPU).
+    """
+
+    def __init__(self) -> None:
+        self._levels: list[tuple[int, Any]] = []
+
+    def add(self, vector: Any) -> None:
+        size = 1
+        while self._levels and self._levels[-1][0] == size:
+            _, top = self._levels.pop()
+            vector, size = top + vector, 2 * size
+        self._levels.append((size, vector))
+
+    def total(self, adapter: ModelAdapter, like: Any) -> NDArray[np.float64]:
+        """float64 NumPy; zeros shaped like ``like`` when nothing was added."""
+        if not self._levels:
+            return np.zeros(np.shape(adapter.to_numpy(like)), dtype=np.float64)
+        # A copy (the adapter's array may be read-only), then the other levels added to it.
+        total = np.array(adapter.to_numpy(self._levels[0][1]), dtype=np.float64)
+        for _, vector in self._levels[1:]:
+            total += np.asarray(adapter.to_numpy(vector), dtype=np.float64)
+        return total
+
+
 def _hvp_sum(
     adapter: ModelAdapter, data: Data, loss: Loss, native_vector: NativeArray, chunk_size: int,
     spec: DataSpec, what: str, check: Callable[[Any, str], Any] | None = None,
 ) -> tuple[NativeArray, float]:
     """``(sum_n H_n v, N)`` all-reduced."""
-    total, count = 0.0 * native_vector, 0
+    partial, count = _PairwiseSum(), 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
                                       spec=spec, what=what, check=check):
-        total = total + adapter.loss_hvp_sum(X, targets, loss, native_vector)
+        partial.add(adapter.loss_hvp_sum(X, targets, loss, native_vector))
         count += X.shape[0]
-    total = adapter.all_reduce_sum(total)
+    total = adapter.all_reduce_sum(adapter.to_native_vector(partial.total(adapter, native_vector)))
     count = adapter.all_reduce_sum(np.array([count], dtype=np.float64))[0]
     _check_count(count)
     return total, float(count)
@@ -644,28 +671,37 @@ def loss_hvp(
 
     Notes
     -----
-    ``H v = (1/N) sum_n H_n v``, summed over chunks in float64 and all-reduced across
-    processes: exact second-order passes (the R-operator for the ``numpy`` MLP, double
+    ``H v = (1/N) sum_n H_n v``, each chunk's sum in the model's dtype, the chunks added
+    pairwise (rounding growing like the logarithm of their number), the few partial sums
+    in float64, and all-reduced across processes: exact second-order passes (the R-operator for the ``numpy`` MLP, double
     backward or forward-over-reverse elsewhere), never finite differences.
     ``grad(||grad L||^2) = 2 H grad L``.
     """
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    p = adapter.parameter_vector().shape[0]
+    p = adapter.n_parameters()
     try:
         vector = np.asarray(vector)
     except ValueError as err:
         raise ValueError(f"vector must be an array of shape ({p},): {err}") from None
     if vector.shape != (p,):
         raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
-    if vector.dtype.kind != "f" or not np.all(np.isfinite(vector)):
+    # The sum is finite for finite entries unless it overflows: the element-wise scan runs
+    # only then (a pass fewer over p entries on every call).
+    if vector.dtype.kind != "f":
         raise ValueError("vector must hold finite floating-point values")
-    native = adapter.to_native_vector(vector.astype(np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite_sum = np.isfinite(np.sum(vector))
+    if not finite_sum and not np.all(np.isfinite(vector)):
+        raise ValueError("vector must hold finite floating-point values")
+    native = adapter.to_native_vector(np.asarray(vector, dtype=np.float64))
     total, count = _hvp_sum(
         adapter, data, loss, native, chunk_size, spec, "loss_hvp", check=_checked(adapter, chunk_size)
     )
-    return _as_numpy_vector(adapter, total) / count
+    out = np.array(adapter.to_numpy(total), dtype=np.float64)
+    out /= count
+    return out
 
 
 def parameter_vector(
@@ -738,7 +774,7 @@ def igr_terms(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    zero = adapter.to_native_vector(np.zeros(adapter.parameter_vector().shape[0]))
+    zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
     check = _checked(adapter, chunk_size)

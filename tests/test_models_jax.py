@@ -335,8 +335,10 @@ def test_bad_params_are_refused_by_name(params, error, message):
 def test_bad_inputs_and_outputs_are_refused(small_mlp):
     apply, tree = small_mlp
     X = np.random.default_rng(7).normal(size=(4, 3))
-    with pytest.raises(TypeError, match="X must hold floating-point values"):
+    with pytest.raises(TypeError, match="floating dtype for derivatives with respect to the input"):
         gm.geometric_complexity(apply, np.ones((4, 3), dtype=np.int64), params=tree)
+    with pytest.raises(TypeError, match="X must hold floating-point values"):
+        gm.geometric_complexity(apply, np.ones((4, 3), dtype=bool), params=tree)
     with pytest.raises(TypeError, match="mixed dtypes"):
         gm.geometric_complexity(apply, X.astype(np.float32), params=tree)
     with pytest.raises(ValueError, match="X contains NaN"):

@@ -253,6 +253,7 @@ def _output_grad_fn(apply, norm_method):
 
 
 def _loss_grad_norms_fn(apply, loss, norm_method):
+    import jax
     import jax.numpy as jnp
 
     def loss_grad_sq_norms(params, X, targets):
@@ -260,7 +261,7 @@ def _loss_grad_norms_fn(apply, loss, norm_method):
         if plan is None:
             values, grads = _per_example_loss_grads(apply, loss, params, X, targets)
             return values, _leaf_sq_columns(grads)
-        ones = jnp.ones(X.shape[0], dtype=X.dtype)
+        ones = jnp.ones(X.shape[0], dtype=jax.tree_util.tree_leaves(params)[0].dtype)
         _, values, _, norms = _identity_loss_norms(
             plan, loss, params, X, targets, ones, param_grad=False
         )
@@ -346,6 +347,24 @@ def _penalty_grad_sum_fn(apply, loss, norm_method):
     return per_example_penalty_grad_sum
 
 
+def _with_state(factory):
+    """``factory`` for ``apply(params, state, x)``: the state is the primitive's last argument.
+
+    The state (a Flax model's other collections, an Equinox model's non-float arrays) is
+    an argument of the compiled function, not a constant folded into it: new values of
+    it (running statistics after a training step) reuse the compilation.
+    """
+
+    def make(apply, *statics):
+        def fn(params, *args):
+            *args, state = args
+            return factory(lambda p, x: apply(p, state, x), *statics)(params, *args)
+
+        return fn
+
+    return make
+
+
 _FACTORIES = {
     "outputs": _outputs_fn,
     "reverse": _jacobian_reverse_fn,
@@ -381,13 +400,19 @@ class JaxModel(ModelAdapter):
     ----------
     apply : callable
         ``apply(params, x)`` on a batch ``x`` of shape ``(n, *input_shape)``, returning
-        ``(n, k)``; every example must be computed independently of the others. Plain
-        JAX, Flax (``model.apply`` with its variables) or Equinox (see ``params``).
+        ``(n, k)`` (``apply(params, state, x)`` with ``state``); every example must be
+        computed independently of the others. Flax and Equinox models are split into
+        these by :func:`gcref.backends.jax_frameworks.adapt`, which
+        :func:`gcref.models.wrap` calls.
     params : pytree of float32 or float64 arrays
-        All leaves of one dtype, finite (no integer, function or other leaf: for an
-        Equinox module, ``params, rest = eqx.partition(model, eqx.is_inexact_array)``
-        and ``apply = lambda p, x: jax.vmap(eqx.combine(p, rest))(x)``). Inputs must
-        have the same dtype.
+        theta: all leaves of one dtype, finite (no integer, function or other leaf).
+        Floating inputs must have the same dtype; integer inputs (token ids) are passed
+        as they are to every measure that does not differentiate with respect to the
+        input.
+    state : pytree of arrays, optional
+        Values ``apply`` reads but gcref holds fixed (a Flax model's ``batch_stats``, an
+        Equinox model's integer arrays): an argument of every compiled function, so
+        new values of it reuse the compilations.
     shard : bool, optional
         Place each chunk with a ``NamedSharding`` over a 1-D mesh of this process's
         ``jax.local_devices()`` along the batch axis (parameters replicated), so that one
@@ -437,7 +462,7 @@ class JaxModel(ModelAdapter):
     (the vmap one sums the per-example gradients it forms anyway).
     """
 
-    def __init__(self, apply, params, *, shard=None, norm_method="auto"):
+    def __init__(self, apply, params, *, state=None, shard=None, norm_method="auto"):
         import jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -466,6 +491,11 @@ class JaxModel(ModelAdapter):
         self.dtype = leaves[0].dtype
         self._treedef = treedef
         self._shapes = tuple(leaf.shape for leaf in leaves)
+        self._stateful = state is not None
+        state_leaves, state_treedef = _checked_state_leaves(jax, state)
+        self._state_structure = (
+            state_treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in state_leaves)
+        ) if self._stateful else None
         devices = jax.local_devices()
         self.shard = len(devices) > 1 if shard is None else bool(shard)
         self._n_devices = len(devices) if self.shard else 1
@@ -477,12 +507,20 @@ class JaxModel(ModelAdapter):
             else:
                 self._batch_sharding = self._replicated = None
             self.params = self._put_params(leaves)
+            self.state = None
+            if self._stateful:
+                tree = jax.tree_util.tree_unflatten(state_treedef, state_leaves)
+                self.state = (
+                    jax.device_put(tree, self._replicated) if self.shard
+                    else jax.tree_util.tree_map(jax.numpy.asarray, tree)
+                )
 
     def __repr__(self):
         return f"JaxModel({getattr(self.apply, '__name__', type(self.apply).__name__)})"
 
     def independence_cache(self):
-        return _CHECKED_SHAPES.setdefault((self.apply, self._treedef, self._shapes), set())
+        key = (self.apply, self._treedef, self._shapes, self._state_structure)
+        return _CHECKED_SHAPES.setdefault(key, set())
 
     def rounding_tolerance(self):
         from gcref.tolerances import tolerance
@@ -505,6 +543,17 @@ class JaxModel(ModelAdapter):
             ) from err
         return X
 
+    def check_input_derivatives(self, X, name):
+        dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(
+                f"{name}: X must have a floating dtype for derivatives with respect to the "
+                f"input; got {dtype}. For token ids (an embedding lookup), measure at the "
+                "embedding's output: write apply as head(params, embed(params, x)) and pass "
+                "embed(params, X) to the measure of head; for numbers, convert them with "
+                f"X.astype(numpy.{self.dtype})"
+            )
+
     # -- placement -------------------------------------------------------------------
     def _put_params(self, leaves):
         """Leaves (NumPy or JAX) as the parameter pytree, replicated when sharding."""
@@ -519,10 +568,15 @@ class JaxModel(ModelAdapter):
         jax, jnp = self._jax, self._backend.xp
         if not isinstance(X, jax.Array):
             X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X)
+        if np.issubdtype(X.dtype, np.integer):
+            # Token ids for an embedding: kept as they are, for every measure that does not
+            # differentiate with respect to the input (those call check_input_derivatives).
+            return X
         if not np.issubdtype(X.dtype, np.floating):
             raise TypeError(
                 f"{name} must hold floating-point values ({self.dtype}, the parameters' "
-                f"dtype); got {X.dtype}. Convert it with {name}.astype(numpy.{self.dtype})"
+                f"dtype), or integers (token ids); got {X.dtype}. Convert it with "
+                f"{name}.astype(numpy.{self.dtype})"
             )
         if X.dtype != self.dtype:
             raise TypeError(
@@ -552,9 +606,13 @@ class JaxModel(ModelAdapter):
         model's dtype; ``weights`` appends the 0/1 padding mask.
         """
         n_batched = 1 + len(rows) + int(weights)
-        key = (self.apply, name, statics, self._n_devices if self.shard else 0, n_batched)
+        if self._stateful:
+            extra = (*extra, self.state)
+        key = (self.apply, name, statics, self._n_devices if self.shard else 0, n_batched,
+               self._stateful)
         if key not in _PRIMITIVES:
-            fn = _FACTORIES[name](self.apply, *statics)
+            factory = _FACTORIES[name]
+            fn = (_with_state(factory) if self._stateful else factory)(self.apply, *statics)
             if self.shard:
                 fn = self._sharded(fn, n_batched, len(extra), _OUTPUTS.get(name, "rows"))
             _PRIMITIVES[key] = _Primitive(fn)
@@ -562,7 +620,8 @@ class JaxModel(ModelAdapter):
         with self._backend.scope(self.dtype):
             X = self._checked_batch(X)
             n = X.shape[0]
-            signature = (tuple(X.shape[1:]), self._treedef, self._shapes, self.dtype, self.shard)
+            signature = (tuple(X.shape[1:]), str(X.dtype), self._treedef, self._shapes,
+                         self._state_structure, self.dtype, self.shard)
             n_pad = primitive.padded_size(signature, n, self._n_devices)
             arrays = [self._place(X, n_pad)]
             arrays += [self._place(np.asarray(r, dtype=self.dtype), n_pad) for r in rows]
@@ -616,13 +675,21 @@ class JaxModel(ModelAdapter):
         # Shapes only (checked as in every primitive): compiles nothing, unlike running
         # the model on one example.
         jax = self._jax
-        key = (self.apply, tuple(X.shape[1:]), self.dtype, self._treedef, self._shapes)
+        key = (self.apply, tuple(X.shape[1:]), str(X.dtype), self.dtype, self._treedef,
+               self._shapes, self._state_structure)
         if key not in _OUTPUT_DIMS:
             with self._backend.scope(self.dtype):
                 X = self._checked_batch(X)
                 example = jax.ShapeDtypeStruct((1, *X.shape[1:]), X.dtype)
+                apply = self.apply
+                if self._stateful:
+                    state = self.state
+
+                    def apply(params, x):
+                        return self.apply(params, state, x)
+
                 out = jax.eval_shape(
-                    lambda params, x: _apply_checked(self.apply, params, x), self.params, example
+                    lambda params, x: _apply_checked(apply, params, x), self.params, example
                 )
             _OUTPUT_DIMS[key] = int(out.shape[1])
         return _OUTPUT_DIMS[key]
@@ -682,6 +749,9 @@ class JaxModel(ModelAdapter):
     def parameter_names(self):
         paths = self._jax.tree_util.tree_flatten_with_path(self.params)[0]
         return tuple(self._jax.tree_util.keystr(path) or "params" for path, _ in paths)
+
+    def n_parameters(self):
+        return sum(int(np.prod(s)) for s in self._shapes)
 
     def parameter_vector(self):
         leaves = self._jax.tree_util.tree_leaves(self.params)
@@ -747,6 +817,24 @@ def _checked_param_leaves(jax, params):
             )
         dtype = leaf.dtype
         if not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"{where} contains NaN or infinite values")
+        leaves.append(leaf)
+    return leaves, treedef
+
+
+def _checked_state_leaves(jax, state):
+    """The leaves of a model's fixed state (any array dtype; floats finite) and its treedef."""
+    if state is None:
+        return [], None
+    path_leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    leaves = []
+    for path, leaf in path_leaves:
+        where = f"state{jax.tree_util.keystr(path)}"
+        if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
+            raise TypeError(
+                f"state must be a pytree of arrays; {where} is a {type(leaf).__name__}"
+            )
+        if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError(f"{where} contains NaN or infinite values")
         leaves.append(leaf)
     return leaves, treedef
