@@ -41,9 +41,10 @@ arrays and scalars directly, and for the HVP, which the two frameworks order
 differently, ``v^T H v`` and ``||H v||`` with ``v`` the parameter vector itself.
 
 Timing: each method runs once to compile and warm up; then ``--repeats`` rounds, each
-timing every method once in a shuffled order; the median is printed with the ratio
-``alternative / gcref`` (above 1, gcref is faster). On a shared machine the figures are
-noisy: compare ratios of one run, not times across runs. Compilation dominates short
+timing every method once in a shuffled order; the median time is printed with the median
+[quartiles] over the rounds of the ratio ``alternative / gcref`` taken within each round
+(above 1, gcref is faster), which cancels the drift of a shared CPU's speed between
+rounds. Compare ratios of one run, not times across runs. Compilation dominates short
 runs: XLA took 10 to 30 s per function for the ResNet-style network on the shared CPU
 here, so ``--quick`` measures the MLP only.
 
@@ -280,7 +281,12 @@ def hvp_invariants(hv, v):
 
 
 def time_methods(methods, repeats, rng):
-    """``{name: median seconds}``: each method once to warm up, then shuffled rounds."""
+    """``{name: [seconds per round]}``: each method once to warm up, then shuffled rounds.
+
+    A round times every method of one measure, one after the other: the ratio to gcref
+    is taken within each round and its median reported, which cancels the drift of a
+    shared CPU's speed from round to round.
+    """
     for fn in methods.values():
         fn()
     times = {name: [] for name in methods}
@@ -291,7 +297,7 @@ def time_methods(methods, repeats, rng):
             start = time.perf_counter()
             methods[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    return times
 
 
 def run_net(name, args, torch, rng):
@@ -370,13 +376,18 @@ def run_net(name, args, torch, rng):
         reference = methods["gcref"]()
         diffs = {m: rel_diff(fn(), reference) for m, fn in methods.items() if m != "gcref"}
         times = time_methods(methods, args.repeats, rng)
-        base = times["gcref"]
-        print(f"{name:10s} {measure:11s} {'gcref':18s} {base * 1e3:10.1f} ms")
+        base = np.asarray(times["gcref"])
+        print(f"{name:10s} {measure:11s} {'gcref':18s} {np.median(base) * 1e3:10.1f} ms")
         for method, seconds in times.items():
             if method == "gcref":
                 continue
+            ratios = np.asarray(seconds) / base
+            q1, median, q3 = np.percentile(ratios, [25, 50, 75])
             ok = diffs[method] <= args.check_rtol
-            shown = f"{seconds * 1e3:10.1f} ms  x{seconds / base:5.2f}" if ok else "DISAGREES"
+            shown = (
+                f"{np.median(seconds) * 1e3:10.1f} ms  x{median:5.2f} [{q1:.2f},{q3:.2f}]"
+                if ok else "DISAGREES"
+            )
             print(f"{'':10s} {'':11s} {method:18s} {shown}   rel diff {diffs[method]:.1e}")
 
 

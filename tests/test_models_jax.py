@@ -261,10 +261,11 @@ def test_each_primitive_compiles_once_per_shape_and_pads_the_last_chunk():
     first = gm.geometric_complexity(counted, X, params=params, chunk_size=CHUNK, mode="reverse")
     # k from the shapes of one example (traced by jax.eval_shape, not compiled), the forward
     # pass of the batch-statistics check at the chunk's shape (its halves padded to it),
-    # then the Jacobian primitive once: chunks 3, 3 and the last chunk of 1 padded to 3.
-    assert traces == [(1, 3), (3, 3), (3, 3)]
+    # then the Jacobian primitive once for chunks 3, 3 and the last chunk of 1 padded to 3:
+    # its output check on one row and its per-example pass (vmapped: traced at one example).
+    assert traces == [(1, 3), (3, 3), (1, 3), (1, 3)]
     again = gm.geometric_complexity(counted, X[:5], params=params, chunk_size=CHUNK, mode="reverse")
-    assert traces == [(1, 3), (3, 3), (3, 3)]
+    assert traces == [(1, 3), (3, 3), (1, 3), (1, 3)]
     assert_close(first, gcref.geometric_complexity(net, params, X))
     assert_close(again, gcref.geometric_complexity(net, params, X[:5]))
 

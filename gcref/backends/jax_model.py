@@ -95,13 +95,18 @@ def _jacobian_reverse_fn(apply):
     import jax.numpy as jnp
 
     def jacobian_sq_norms(params, X):
-        # One forward pass; k input-only VJPs (params are constants: no weight gradient).
-        # Examples are independent, so the cotangent e_c on every row gives row c of
-        # every example's Jacobian at once.
-        out, vjp = jax.vjp(lambda x: _apply_checked(apply, params, x), X)
-        k = out.shape[1]
-        basis = jnp.broadcast_to(jnp.eye(k, dtype=out.dtype)[:, None, :], (k, *out.shape))
-        return _per_example_sq_sums(jax.vmap(lambda v: vjp(v)[0])(basis))
+        # Per example (vmap over the chunk): one forward pass and k input-only VJPs, the
+        # one-hot cotangents vmapped (params are constants: no weight gradient). Measured
+        # on the CPU against one VJP of the whole chunk with the cotangent e_c on every
+        # row: 1.3x (small CNN, 16x16x3) to 1.9x (MLP) faster, with the same numbers.
+        _apply_checked(apply, params, X[:1])
+
+        def one(x):
+            out, vjp = jax.vjp(lambda x: apply(params, x[None])[0], x)
+            rows = jax.vmap(lambda v: vjp(v)[0])(jnp.eye(out.shape[0], dtype=out.dtype))
+            return jnp.sum(jnp.square(rows))
+
+        return jax.vmap(one)(X)
 
     return jacobian_sq_norms
 
@@ -126,6 +131,10 @@ def _probe_fn(apply):
 
     def probe_sq_norms(params, X, probes):
         _, vjp = jax.vjp(lambda x: _apply_checked(apply, params, x), X)
+        if probes.shape[1] == 1:
+            # One probe: one VJP, not a vmap of one (measured 20% faster on a small MLP).
+            (row,) = vjp(probes[:, 0])
+            return jnp.sum(jnp.square(row).reshape(X.shape[0], -1), axis=1)[:, None]
         rows = jax.vmap(lambda v: vjp(v)[0], in_axes=1)(probes)
         P, n = rows.shape[:2]
         return jnp.sum(jnp.square(rows).reshape(P, n, -1), axis=2).T
@@ -597,7 +606,9 @@ class JaxModel(ModelAdapter):
             a = lib.concatenate([a, lib.repeat(a[-1:], n_pad - n, axis=0)])
         if self.shard:
             return jax.device_put(a, self._batch_sharding)
-        return jnp.asarray(a)
+        # A NumPy chunk goes to the compiled function as it is: jit's own transfer is
+        # cheaper than a separate jnp.asarray dispatch per chunk.
+        return a
 
     def _run(self, name, statics, X, *rows, weights=False, extra=()):
         """Run primitive ``name`` on a checked, padded and placed chunk; returns ``(out, n)``.
