@@ -9,7 +9,8 @@ A model is loaded from
   loaded into the factory's architecture: gcref differentiates with ``torch.func``,
   which does not run TorchScript code); or an exported program alone
   (``torch.export.save``), run as it was exported;
-- **JAX**: an importable factory returning ``apply`` or ``(apply, params)``, with
+- **JAX**: an importable factory returning a Flax nnx or Equinox module (its own arrays
+  are theta; the factory loads them), or ``apply`` or ``(apply, params)``, with
   ``apply(params, x)`` on a batch ``x``, and a parameter file: a ``.npz`` written by
   :func:`save_jax_params` (one array per leaf of the factory's ``params``, keyed by its
   key path), a ``.npz`` of named arrays that becomes the dict ``params`` (factory
@@ -396,6 +397,20 @@ def _jax_model(
 ) -> LoadedModel:
     import jax
 
+    from gcref.backends.jax_frameworks import adapt, holds_parameters
+
+    if holds_parameters(made):
+        # A Flax nnx or Equinox module: its own arrays are theta; the factory loads them.
+        for flag, value in (("--params", params), ("--dtype", dtype)):
+            if value is not None:
+                raise ValueError(
+                    f"{flag} does not apply to --model {factory!r}: it returned a "
+                    f"{type(made).__name__} (a Flax nnx or Equinox module), which holds its own "
+                    "arrays; load its weights (and cast them) in the factory"
+                )
+        adapter = adapt(made, None)
+        return LoadedModel("jax", made, None, np.dtype(adapter.dtype),
+                           {"framework": "jax", **settings})
     template = None
     if isinstance(made, tuple) and len(made) == 2 and callable(made[0]):
         apply, template = made

@@ -69,6 +69,17 @@ def dict_batches(batch=4):
 
 def not_a_model():
     return 3
+
+
+def equinox_net(width=5):
+    import equinox as eqx
+    import jax
+
+    with jax.enable_x64(True):
+        mlp = eqx.nn.MLP(3, 2, width, 1, activation=jax.nn.tanh, key=jax.random.key(3))
+        return jax.tree_util.tree_map(
+            lambda a: a.astype("float64") if eqx.is_inexact_array(a) else a, mlp
+        )
 '''
 
 
@@ -470,3 +481,28 @@ def test_cuda_device(work, torch_state, capsys):
     close(out["results"]["loss_grad_sq_norms"]["per_example_summary"]["mean"], ref["lossgrad"].mean())
     assert out["settings"]["model"]["device"] == "cuda"
 
+
+
+def test_equinox_module_factory(work, capsys):
+    """A factory returning an Equinox module is measured on its own arrays."""
+    require_backend("jax")
+    if not os.environ.get("CI"):  # under CI the dev extra must have installed it
+        pytest.importorskip("equinox")
+    import jax
+
+    import measure_factories
+
+    out, _ = run_json(
+        ["--model", "measure_factories:equinox_net", "--data", "data.npz", "--quantities", "gc"],
+        capsys, work / "out.json",
+    )
+    mlp = measure_factories.equinox_net()
+    X = data()[0]
+    with jax.enable_x64(True):
+        jac = np.asarray(jax.vmap(jax.jacrev(mlp))(X))
+    ref = np.sum(jac.reshape(N, -1) ** 2, axis=1)
+    close(out["results"]["gc"]["value"], ref.mean())
+    assert out["settings"]["model"]["framework"] == "jax"
+    status, _, err = run(["--model", "measure_factories:equinox_net", "--data", "data.npz",
+                          "--params", "data.npz"], capsys)
+    assert status == 2 and "holds its own arrays" in err

@@ -56,6 +56,15 @@ def adapt(model, params, **options):
     return JaxModel(model, params, **options)
 
 
+def holds_parameters(model):
+    """Whether ``model`` is a Flax nnx or Equinox module: one that holds its own arrays."""
+    nnx, eqx = sys.modules.get("flax.nnx"), sys.modules.get("equinox")
+    return bool(
+        (nnx is not None and isinstance(model, nnx.Module))
+        or (eqx is not None and isinstance(model, eqx.Module))
+    )
+
+
 def _cached_apply(key, build):
     try:
         hash(key)
