@@ -52,7 +52,7 @@ QUICK = {"degree": 30, "n_train": 9, "n_test": 100, "frequency": 1.0, "gd_steps"
 FULL = {"degree": 30, "n_train": 9, "n_test": 100, "frequency": 1.0, "gd_steps": 60000,
         "perturbations": 15, "max_steps_between": 100000, "converged_loss": 1e-12,
         "sigma": 0.45, "nmgd_steps": 120000, "nmgd_exponent": 0.95, "nmgd_offset": 1,
-        "step_fraction": 1.8, "records": 200, "seeds": 10}
+        "step_fraction": 1.8, "records": 200, "seeds": 30}
 
 WALK_TOLERANCE = 0.15
 RATE_TOLERANCE = 0.2
