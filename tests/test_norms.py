@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from gcref.testing.strategies import fixed_shape_problems, problems
 
@@ -29,7 +29,7 @@ from gcref.norms import (
     product_norm,
     product_norm_native,
 )
-from gcref.testing import check_vjp
+from gcref.testing import check_vjp, default_step
 
 HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 EXPONENTS = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -291,12 +291,39 @@ def differentiable_norms(backend_name, p):
     return norms
 
 
+#: Distance from a kink, in finite-difference steps, below which a draw is not checked.
+KINK_MARGIN_STEPS = 1000
+
+
+def kink_distance(params, p):
+    """How far the norms' arguments are from the points where a norm is not differentiable.
+
+    ``|w|^p`` with p = 1 has a kink at w = 0 (path and group norms); the q = inf group norm
+    where the two largest unit groups tie; the spectral (and product) norm where a layer's
+    two largest singular values tie. A finite-difference stencil that crosses one of these
+    measures a one-sided slope, not the gradient.
+    """
+    flat = np.concatenate([np.ravel(a) for pair in params for a in pair])
+    distances = [np.min(np.abs(flat))] if p == 1.0 else []
+    groups = np.sort(np.concatenate(
+        [np.sum(np.abs(W) ** p, axis=1) + np.abs(b) ** p for W, b in params]))
+    distances.append(groups[-1] - groups[-2])
+    for W, _ in params:
+        s = np.linalg.svd(W, compute_uv=False)
+        if s.size > 1:
+            distances.append(s[0] - s[1])
+    return float(min(distances))
+
+
 @with_backend_fixture
 @given(st.integers(0, 2**32 - 1), st.sampled_from((1.0, 3.0)))
 def test_native_norm_gradients_match_finite_differences(autodiff_backend, seed, p):
     rng = np.random.default_rng(seed)
     params = GRADIENT_MLP.init(rng, bias="normal")
     flat = tuple(a for pair in params for a in pair)
+    # Found by the thorough profile: a last-layer bias of 2.6e-5 put |b| = 0 inside the
+    # stencil of the p = 1 path norm. Away from the kinks the gradient is checked as usual.
+    assume(kink_distance(params, p) > KINK_MARGIN_STEPS * default_step(flat))
     backend = gcref.get_backend(autodiff_backend)
     fn = differentiable_norms(autodiff_backend, p)
 
