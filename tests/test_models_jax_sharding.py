@@ -103,6 +103,22 @@ SCRIPT = textwrap.dedent(
     want = measures(JaxModel(cnn, cnn_params, shard=False), *args)
     for name in want:
         close(got[name], want[name])
+
+    # Held state (a Flax model's batch_stats): replicated like the parameters.
+    def normalised(p, s, x):
+        return jax.numpy.tanh(((x - s["mean"]) / s["scale"]) @ p["W"] + p["b"])
+
+    theta = {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}
+    state = {"mean": rng.normal(size=3), "scale": 1.0 + rng.random(3)}
+    v = rng.normal(size=8)
+    got = measures(JaxModel(normalised, theta, state=state), X, y, "squared", v)
+    want = measures(JaxModel(normalised, theta, state=state, shard=False), X, y, "squared", v)
+    closed_over = measures(
+        JaxModel(lambda p, x: normalised(p, state, x), theta, shard=False), X, y, "squared", v
+    )
+    for name in want:
+        close(got[name], want[name])
+        close(want[name], closed_over[name])
     print("sharded results equal")
     """
 )
