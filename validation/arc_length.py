@@ -44,7 +44,7 @@ QUICK = {"width": 32, "hidden_layers": 3, "n_points": 10, "steps": 300, "lr": 0.
          "batch_size": 5, "snapshots": 8, "seeds": 2,
          "control_scale": 4.0, "control_lr": 1e-3, "control_steps": 300}
 FULL = {"width": 300, "hidden_layers": 3, "n_points": 10, "steps": 4000, "lr": 0.1,
-        "batch_size": 5, "snapshots": 16, "seeds": 3,
+        "batch_size": 5, "snapshots": 16, "seeds": 10,
         "control_scale": 5.0, "control_lr": 2e-5, "control_steps": 16000}
 
 INTERPOLATION_TOLERANCE = 0.05
