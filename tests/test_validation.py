@@ -200,6 +200,19 @@ def test_seed_statistics():
         _stats.mean_stderr([1.0])
 
 
+def test_spearman_gives_ties_their_average_rank():
+    """Against scipy's, which averages tied ranks; constant sequences have no correlation."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        a, b = rng.integers(0, 4, size=9), rng.integers(0, 4, size=9)  # many ties
+        if np.ptp(a) and np.ptp(b):
+            assert _stats.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert np.isnan(_stats.spearman([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]))
+    assert _stats.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+
+
 @pytest.mark.parametrize("how", ["path", "module"])
 def test_the_command_runs_from_any_directory(how, tmp_path):
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}

@@ -65,7 +65,25 @@ def log_slope(x, y):
     return float(np.polyfit(x, y, 1)[0])
 
 
+def average_ranks(values):
+    """Ranks 0..n-1 of ``values``, tied values sharing the mean of their ranks."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def spearman(a, b):
-    """Spearman rank correlation of two sequences without ties."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    """Spearman rank correlation of two sequences, ties given their average rank.
+
+    ``nan`` when either sequence is constant: no ordering to correlate (positional ranks
+    for ties would report a perfect correlation between two constant sequences).
+    """
+    ra, rb = average_ranks(a), average_ranks(b)
+    if np.ptp(ra) == 0 or np.ptp(rb) == 0:
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
