@@ -66,6 +66,7 @@ def holds_parameters(model):
 
 
 def _cached_apply(key, build):
+    """The cached ``apply`` for ``key``; a new one (compiled anew) when the key is unhashable."""
     try:
         hash(key)
     except TypeError:
@@ -169,13 +170,7 @@ def _equinox(model, params):
         apply.__name__ = f"{type(model).__name__}.__call__"
         return apply
 
-    try:
-        key = ("equinox", static)
-        hash(key)
-    except TypeError:
-        key = None
-    apply = build() if key is None else _cached_apply(key, build)
-    return apply, theta, state
+    return _cached_apply(("equinox", static), build), theta, state
 
 
 # -- plain functions --------------------------------------------------------------------------
