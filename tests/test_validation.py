@@ -20,7 +20,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import gcref  # noqa: E402
 from conftest import require_backend  # noqa: E402
-from validation import _stats, double_descent, experiment_names, load, min_norm  # noqa: E402
+from validation import (  # noqa: E402
+    _stats,
+    arc_length,
+    double_descent,
+    experiment_names,
+    load,
+    min_norm,
+)
 from validation.__main__ import main  # noqa: E402
 from validation._report import VERDICTS, Runs, plain, write_json_atomically  # noqa: E402
 from validation.cifar10 import (  # noqa: E402
@@ -211,6 +218,25 @@ def test_spearman_gives_ties_their_average_rank():
             assert _stats.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
     assert np.isnan(_stats.spearman([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]))
     assert _stats.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+
+
+def test_arc_length_yardstick_is_the_natural_splines_excess():
+    """The spline of collinear points is their line (excess 0); any other interpolant is at
+    least the polyline; a sampled parabola's spline is within its small discretisation of the
+    parabola's own arc length, computed in closed form."""
+    pytest.importorskip("scipy")
+    x = np.array([0.0, 0.3, 0.5, 1.0])
+    assert abs(arc_length.spline_excess(x, 2.0 * x - 1.0)) < 1e-12
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = np.sort(rng.uniform(0.0, 1.0, 8))
+        assert arc_length.spline_excess(x, rng.normal(size=8)) >= -1e-9
+    # y = x^2 on [0, 1]: length (2 sqrt 5 + asinh 2) / 4; 41 nodes put the natural spline
+    # within 1e-4 of it (its end conditions y'' = 0 are wrong only near the ends).
+    x = np.linspace(0.0, 1.0, 41)
+    exact = (2 * np.sqrt(5) + np.arcsinh(2)) / 4
+    polyline = np.sum(np.hypot(np.diff(x), np.diff(x**2)))
+    assert abs(arc_length.spline_excess(x, x**2) - (exact - polyline) / polyline) < 1e-4
 
 
 @pytest.mark.parametrize("how", ["path", "module"])

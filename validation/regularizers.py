@@ -8,6 +8,10 @@ digits is trained by SGD with no penalty and with each penalty of gcref.training
 sweep of strengths per penalty that includes 0; GC on the training set
 (gcref.complexity.geometric_complexity) and the test accuracy are compared at each run's
 best test epoch, with every run trained past it where possible.
+
+A placebo control trains without a penalty from the same initialisations but another batch
+order: it changes the runs as much as noise does and lowers nothing, so the rule must not
+count it as lowering GC.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ RULE = (
     "epoch of its best test accuracy (runs whose best is their last epoch, not trained past "
     "the peak, are reported). Held if, for every penalty, at least one strength gives a "
     "seed-mean GC on the training inputs below the unpenalised one beyond 2 standard errors. "
-    "Test accuracy at the same epochs is reported beside"
+    "Test accuracy at the same epochs is reported beside. Held only if the placebo control "
+    "(no penalty, another batch order) is not judged to lower GC the same way"
 )
 QUICK = {"hidden": [16], "lr": 0.05, "batch_size": 64, "max_epochs": 2, "seeds": 2,
          "strengths": {"L2": [1e-3], "IGR": [0.5], "spectral": [1e-2]}}
@@ -47,10 +52,14 @@ PENALTIES = {"L2": L2Penalty, "IGR": IGRPenalty, "spectral": SpectralPenalty}
 
 
 def one_run(mlp, data, settings, penalty, strength, run_seed):
-    """Train epoch by epoch; GC, accuracy and loss at the best test epoch."""
+    """Train epoch by epoch; GC, accuracy and loss at the best test epoch.
+
+    ``penalty`` is a key of :data:`PENALTIES`, ``"none"`` (strength 0) or ``"placebo"`` (no
+    penalty, the batch order of another stream).
+    """
     X, labels, X_test, labels_test = data
     params = mlp.init(np.random.default_rng(run_seed), "he_normal", bias="zero")
-    rng = np.random.default_rng(run_seed + 1000)
+    rng = np.random.default_rng(run_seed + (2000 if penalty == "placebo" else 1000))
     penalties = [] if strength == 0 else [PENALTIES[penalty](strength)]
     steps_per_epoch = -(-len(X) // settings["batch_size"])
     best = {"test_accuracy": accuracy(mlp, params, X_test, labels_test), "epoch": 0,
@@ -75,7 +84,7 @@ def run(settings, seed, context):
     data = digits(np.random.default_rng(seed))
     mlp = gcref.MLP([data[0].shape[1], *settings["hidden"], 10], activation="relu")
     seeds = run_seeds(seed, settings["seeds"])
-    configs = [("none", 0)] + [(p, v) for p, values in settings["strengths"].items()
+    configs = [("none", 0), ("placebo", 0)] + [(p, v) for p, values in settings["strengths"].items()
                                for v in values]
     records = {}
     for i, (penalty, strength) in enumerate(configs):
@@ -101,6 +110,12 @@ def run(settings, seed, context):
         measured["per_penalty"][penalty] = {"strengths": values, "by_strength": rows,
                                             "lowered": lowered, "some_lowered": any(lowered.values())}
         held &= any(lowered.values())
+    placebo = stats("placebo", 0)
+    placebo_lowered = below(placebo["gc"]["mean"], placebo["gc"]["stderr"],
+                            baseline["gc"]["mean"], baseline["gc"]["stderr"])
+    measured["placebo"] = {**placebo, "lowered": placebo_lowered}
+    measured["control_rejected"] = not placebo_lowered
+    held &= not placebo_lowered
     figure = plot(context.out_dir, measured, len(seeds))
     return Outcome(measured=measured, held=bool(held), figures=[figure], seeds=[seed, *seeds],
                    frameworks=["scikit-learn"])
@@ -122,6 +137,9 @@ def plot(out_dir, measured, n_seeds):
         ax.axhspan(base[key]["mean"] - 2 * base[key]["stderr"],
                    base[key]["mean"] + 2 * base[key]["stderr"], color="0.8",
                    label="no penalty (mean +- 2 s.e.)")
+        placebo = measured["placebo"][key]
+        ax.axhline(placebo["mean"], color="0.4", ls=":",
+                   label="placebo: no penalty, another batch order")
         ax.set_xscale("log")
         ax.set_xlabel("penalty strength (IGR: h)")
         ax.set_ylabel(label)
