@@ -30,10 +30,12 @@ def accuracy(mlp, params, X, labels):
 
 
 def sgd_epochs(mlp, params, X, y, loss, *, lr, batch_size, epochs, rng, after_epoch=None,
-               optimizer=None):
+               optimizer=None, weight_decay=0.0):
     """Mini-batch SGD over at most ``epochs`` reshuffled passes; ``after_epoch(epoch, params)``
     is called before the first epoch (with 0) and after each one, and training stops early
-    when it returns True. Returns the parameters."""
+    when it returns True. ``weight_decay`` adds ``weight_decay * sum_i ||W_i||_F^2`` to each
+    batch loss (biases not penalised; gcref.training.L2Penalty's convention). Returns the
+    parameters."""
     optimizer = optimizer or GradientDescent(lr)
     if after_epoch is not None and after_epoch(0, params):
         return params
@@ -43,6 +45,9 @@ def sgd_epochs(mlp, params, X, y, loss, *, lr, batch_size, epochs, rng, after_ep
         for start in range(0, len(X), batch_size):
             batch = order[start:start + batch_size]
             grads = gcref.loss_grad(mlp, params, X[batch], y[batch], loss)
+            if weight_decay:
+                grads = [(gW + 2.0 * weight_decay * W, gb)
+                         for (gW, gb), (W, _) in zip(grads, params)]
             step += 1
             params = optimizer.update(mlp, params, grads, step)
         if after_epoch is not None and after_epoch(epoch, params):
