@@ -324,6 +324,37 @@ def test_frozen_parameters_are_not_theta():
         assert_close(gm.output_grad_sq_norms(TorchModel(model, norm_method=method), X), ref["out"])
 
 
+def test_one_walk_of_the_module_is_what_torchs_generators_give():
+    """The session's single walk (the cost it saves is fixed work per call) must list the
+    same submodules, parameters (names, order, shared ones once) and buffers as torch."""
+    from torch.nn.utils import parametrize
+
+    from gcref.backends.torch_model import _ModuleTree
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 3)
+            self.b = self.a  # one module under two names
+            self.norm = torch.nn.BatchNorm1d(3)
+            self.register_buffer("unset", None)
+            self.register_parameter("absent", None)
+
+    class Symmetric(torch.nn.Module):
+        def forward(self, W):
+            return W.triu() + W.triu(1).transpose(-1, -2)
+
+    parametrized = torch.nn.Linear(3, 3)
+    parametrize.register_parametrization(parametrized, "weight", Symmetric())
+    for module in (Shared(), resnet18(num_classes=10), parametrized, torch.nn.GRU(3, 4, 2),
+                   torch.nn.Sequential(parametrized, torch.nn.ReLU(), parametrized)):
+        tree = _ModuleTree(module)
+        assert [(n, id(p)) for n, p in tree.parameters] == [
+            (n, id(p)) for n, p in module.named_parameters()]
+        assert [id(b) for b in tree.buffers] == [id(b) for b in module.buffers()]
+        assert [id(m) for m in tree.modules] == [id(m) for m in module.modules()]
+
+
 # -- data streaming ------------------------------------------------------------------------
 
 

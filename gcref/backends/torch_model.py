@@ -123,7 +123,7 @@ class TorchModel(ModelAdapter):
     def output_dim(self, X):
         # Keyed by the parameters' names and shapes too: a replaced head changes k.
         dims = _OUTPUT_DIMS.setdefault(self.module, {})
-        shapes = tuple((name, tuple(p.shape)) for name, p in self.module.named_parameters())
+        shapes = tuple((name, tuple(p.shape)) for name, p in self._tree().parameters)
         key = (tuple(X.shape[1:]), str(X.dtype), shapes)
         if key not in dims:
             dims[key] = super().output_dim(X)
@@ -153,15 +153,20 @@ class TorchModel(ModelAdapter):
             finally:
                 self._depth -= 1
             return
-        self._refuse_batch_statistics()
-        with _eval_mode(self.module):
-            self._cache = {}
+        tree = _ModuleTree(self.module)
+        self._refuse_batch_statistics(tree)
+        with _eval_mode(self.module, tree.modules):
+            self._cache = {"tree": tree}
             self._depth = 1
             try:
                 yield self
             finally:
                 self._depth = 0
                 self._cache = None
+
+    def _tree(self):
+        """The module's submodules, parameters and buffers, walked once per session."""
+        return self._cached("tree", lambda: _ModuleTree(self.module))
 
     def _cached(self, key, compute):
         if self._cache is None:
@@ -189,9 +194,9 @@ class TorchModel(ModelAdapter):
                 "with X.float()"
             )
 
-    def _refuse_batch_statistics(self):
+    def _refuse_batch_statistics(self, tree=None):
         """Refuse layers that normalise by batch statistics even in inference mode."""
-        for m_name, m in self.module.named_modules():
+        for m_name, m in (tree or self._tree()).named_modules:
             if isinstance(m, self._torch.nn.modules.batchnorm._BatchNorm) and (
                 m.running_mean is None or m.running_var is None
             ):
@@ -210,7 +215,8 @@ class TorchModel(ModelAdapter):
 
     def _find_placement(self):
         torch = self._torch
-        for t in list(self.module.parameters()) + list(self.module.buffers()):
+        tree = self._tree()
+        for t in [p for _, p in tree.parameters] + tree.buffers:
             if t.is_floating_point():
                 return t.device, t.dtype
         return torch.device("cpu"), torch.get_default_dtype()
@@ -220,7 +226,7 @@ class TorchModel(ModelAdapter):
         return self._cached("trainable", self._find_trainable)
 
     def _find_trainable(self):
-        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self._tree().parameters if p.requires_grad]
         if not named:
             raise ValueError(
                 "the module has no parameter that requires grad: gradients and Hessians with "
@@ -297,7 +303,7 @@ class TorchModel(ModelAdapter):
     def _detached_function(self):
         """``x -> module(x)`` with parameters detached: derivatives reach the input only."""
         detached = self._cached(
-            "detached", lambda: {n: p.detach() for n, p in self.module.named_parameters()}
+            "detached", lambda: {n: p.detach() for n, p in self._tree().parameters}
         )
         return lambda x: self._torch.func.functional_call(self.module, detached, (x,))
 
@@ -682,14 +688,45 @@ class TorchModel(ModelAdapter):
         return t.cpu().numpy()
 
 
+class _ModuleTree:
+    """One walk over a module: what ``named_modules()``, ``named_parameters()`` and
+    ``buffers()`` give, in their order and with their removal of shared tensors.
+
+    A measure call needs all three several times (the batch-statistics check, the eval
+    switch, the placement, theta, the output-size key); torch's generators rebuild the tree
+    each time, which on a small MLP was most of gcref's fixed cost per call.
+    """
+
+    __slots__ = ("named_modules", "parameters", "buffers")
+
+    def __init__(self, module):
+        self.named_modules = list(module.named_modules())
+        self.parameters, self.buffers = [], []
+        seen_parameters, seen_buffers = set(), set()
+        for prefix, m in self.named_modules:
+            for name, p in m._parameters.items():
+                if p is not None and id(p) not in seen_parameters:
+                    seen_parameters.add(id(p))
+                    self.parameters.append((f"{prefix}.{name}" if prefix else name, p))
+            for b in m._buffers.values():
+                if b is not None and id(b) not in seen_buffers:
+                    seen_buffers.add(id(b))
+                    self.buffers.append(b)
+
+    @property
+    def modules(self):
+        return [m for _, m in self.named_modules]
+
+
 @contextlib.contextmanager
-def _eval_mode(module):
+def _eval_mode(module, modules=None):
     """``module.eval()`` inside; after, the submodules that were training train again.
 
     Only the flags that change are set (a module's ``__setattr__`` is slow: on a small MLP
     the switch and the restore of every flag were a tenth of gcref's fixed cost per call).
+    ``modules`` is ``list(module.modules())`` where the caller has it.
     """
-    training = [m for m in module.modules() if m.training]
+    training = [m for m in (module.modules() if modules is None else modules) if m.training]
     if training:
         module.eval()
     try:
