@@ -73,6 +73,14 @@ def test_per_example_norms_quick_runs(capsys):
     assert "goals:" in out
 
 
+def test_fixed_cost_runs_and_checks_that_gcref_and_bare_torch_agree(capsys):
+    require_backend("torch")
+    load("fixed_cost").main(["--pairs", "1", "--calls", "1"])
+    out = capsys.readouterr().out
+    for name in ("1-probe GC", "HVP", "grad norms"):
+        assert name in out
+
+
 def test_linearity_reads_proportional_times_as_linear():
     sc = load("scaling")
     sizes = [10, 100, 1000]
