@@ -73,8 +73,8 @@ def spline_excess(x, y):
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     grid = np.linspace(x[0], x[-1], SPLINE_GRID)
-    curve = CubicSpline(x, y, bc_type="natural")(grid)
-    length = float(np.sum(np.hypot(np.diff(grid), np.diff(curve))))
+    # The polyline through the spline's values on a fine grid: its chords.
+    length = polyline_length(grid, CubicSpline(x, y, bc_type="natural")(grid))
     polyline = polyline_length(x, y)
     return (length - polyline) / polyline
 
