@@ -155,7 +155,8 @@ def run(settings, seed, context):
     measured["control_rejected"] = not measured["control"]["rule_holds"]
     first = runs["default"][0]
     figures = [plot_sequence(context.out_dir, first),
-               plot_length(context.out_dir, runs)]
+               plot_length(context.out_dir, runs,
+                           measured["default"]["spline_excess"]["mean"])]
     return Outcome(measured=measured,
                    held=bool(measured["default"]["rule_holds"] and measured["control_rejected"]),
                    figures=figures, seeds=seeds)
@@ -179,7 +180,7 @@ def plot_sequence(out_dir, record):
     return save_figure(fig, out_dir, "arc_length_sequence.png")
 
 
-def plot_length(out_dir, runs):
+def plot_length(out_dir, runs, spline_excess_mean):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, color in (("default", "C0"), ("control", "C3")):
@@ -189,8 +190,7 @@ def plot_length(out_dir, runs):
                       ms=3, color=color, alpha=0.7,
                       label=f"{name} initialisation" if i == 0 else None)
     ax.axhline(1.0, color="k", ls="--", label="shortest interpolating polyline")
-    splines = [1.0 + spline_excess(r["x"], r["y"]) for r in runs["default"]]
-    ax.axhline(float(np.mean(splines)), color="k", ls=":",
+    ax.axhline(1.0 + float(spline_excess_mean), color="k", ls=":",
                label="natural cubic spline (seed mean)")
     ax.set_title("Exact arc length on [min x, max x] during SGD, every seed")
     ax.set_xlabel("SGD step + 1")
