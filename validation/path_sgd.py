@@ -42,9 +42,10 @@ RULE = (
 )
 QUICK = {"hidden": [16, 16], "spread": 100.0, "lrs": {"SGD": [0.02, 0.1], "Path-SGD": [0.02, 0.1]},
          "batch_size": 64, "epochs": 2, "seeds": 2}
+# One grid for both methods, in steps of about x3.
+FULL_LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 FULL = {"hidden": [64, 64], "spread": 100.0,
-        "lrs": {"SGD": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
-                "Path-SGD": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]},
+        "lrs": {"SGD": FULL_LRS, "Path-SGD": FULL_LRS},
         "batch_size": 32, "epochs": 15, "seeds": 10}
 
 # Each run's key names its learning rate and seed: extending the grid or adding seeds
