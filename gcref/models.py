@@ -590,8 +590,8 @@ class _PairwiseSum:
         """float64 NumPy; zeros shaped like ``like`` when nothing was added."""
         if not self._levels:
             return np.zeros(np.shape(adapter.to_numpy(like)), dtype=np.float64)
-        # A copy (the adapter's array may be read-only), then the other levels added to it.
-        total = np.array(adapter.to_numpy(self._levels[0][1]), dtype=np.float64)
+        # A new array (the adapter's own may be read-only), then the other levels added to it.
+        total = adapter.to_numpy_copy(self._levels[0][1])
         for _, vector in self._levels[1:]:
             total += np.asarray(adapter.to_numpy(vector), dtype=np.float64)
         return total
@@ -699,9 +699,8 @@ def loss_hvp(
     total, count = _hvp_sum(
         adapter, data, loss, native, chunk_size, spec, "loss_hvp", check=_checked(adapter, chunk_size)
     )
-    out = np.array(adapter.to_numpy(total), dtype=np.float64)
-    out /= count
-    return out
+    # One pass: the division writes the new array.
+    return np.asarray(adapter.to_numpy(total), dtype=np.float64) / count
 
 
 def parameter_vector(

@@ -355,6 +355,51 @@ def test_one_walk_of_the_module_is_what_torchs_generators_give():
         assert [id(m) for m in tree.modules] == [id(m) for m in module.modules()]
 
 
+def test_hvp_with_unused_and_frozen_parameters_equals_the_full_hessian():
+    """The adapter keeps each chunk's H v as one tensor per parameter and joins the sum
+    once; an unused parameter (no gradient at all) must come out as zeros in its place,
+    a frozen one must not be in theta, and every number of chunks (1 to 5: the pairwise
+    sum's levels) must give the Hessian built in full by ``torch.func.hessian``."""
+    from torch.func import functional_call, hessian
+
+    class Partly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(3, 4)
+            self.unused = torch.nn.Parameter(torch.ones(2, 2))
+            self.second = torch.nn.Linear(4, 3)
+            self.frozen = torch.nn.Parameter(torch.full((3,), 0.5), requires_grad=False)
+
+        def forward(self, x):
+            return self.second(torch.tanh(self.first(x))) + self.frozen
+
+    torch.manual_seed(5)
+    model = Partly().double()
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(5, 3)), rng.integers(0, 3, size=5)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for _, p in model.named_parameters() if p.requires_grad]
+    theta = torch.as_tensor(gm.parameter_vector(model))
+    assert theta.shape == (4 + 12 + 4 + 12 + 3,)  # unused, first, second; not frozen
+
+    def mean_loss(flat):
+        pieces = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        tree = {n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)}
+        logits = functional_call(model, tree, (torch.as_tensor(X),))
+        return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
+
+    H = hessian(mean_loss)(theta).numpy()
+    v = rng.normal(size=theta.shape[0])
+    assert names[0] == "unused"  # the module's own parameters come first in torch's order
+    unused = slice(0, 4)
+    assert np.all(H[unused] == 0.0) and np.all(H[:, unused] == 0.0)
+    for chunk_size in (5, 3, 2, 1):  # 1, 2, 3 and 5 chunks
+        hv = gm.loss_hvp(model, (X, y), "softmax_cross_entropy", v, chunk_size=chunk_size)
+        assert hv.dtype == np.float64 and hv.flags.writeable
+        assert np.all(hv[unused] == 0.0)
+        assert_close(hv, H @ v, atol=1e-13)
+
+
 # -- data streaming ------------------------------------------------------------------------
 
 

@@ -141,9 +141,13 @@ class ModelAdapter:
         return total, grad, sq_norms
 
     def loss_hvp_sum(self, X, targets, loss, vector):
-        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``: native ``(p,)``, float64 or the
-        parameters' dtype (the caller adds the chunks into a float64 vector in place);
-        ``vector`` native float64 ``(p,)``."""
+        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``; ``vector`` native float64 ``(p,)``.
+
+        Returns a native ``(p,)`` vector in float64 or the parameters' dtype, or any value
+        that adds to another of its kind with ``+`` and that :meth:`to_numpy` and
+        :meth:`to_numpy_copy` turn into one (the torch adapter keeps one tensor per
+        parameter). The caller adds the chunks' values pairwise and the few partial sums
+        in float64."""
         raise NotImplementedError
 
     def per_example_penalty_grad_sum(self, X, targets, loss):
@@ -176,6 +180,14 @@ class ModelAdapter:
     def to_numpy(self, x):
         """A native array as NumPy (float64 kept)."""
         raise NotImplementedError
+
+    def to_numpy_copy(self, x):
+        """A native vector as a new float64 NumPy array, which the caller may write to.
+
+        The default copies :meth:`to_numpy`'s array (which may be the adapter's own or
+        read-only); adapters that can convert and copy in one pass override it.
+        """
+        return np.array(self.to_numpy(x), dtype=np.float64)
 
     def vector_sq_norm(self, vector):
         """``||v||^2`` of a native vector, as a float (on the host only at the end)."""

@@ -636,10 +636,12 @@ class TorchModel(ModelAdapter):
                 (g * v).sum() for g, v in zip(grads, pieces) if g is not None
             )
             if not isinstance(directional, torch.Tensor) or not directional.requires_grad:
-                return torch.zeros(vector.shape, dtype=torch.float64, device=vector.device)
+                return _PerParameter([None] * len(params), params)
             hv = torch.autograd.grad(directional, params, allow_unused=True)
-        # In the parameters' dtype: gcref.models adds it into its float64 sum in place.
-        return _flat(hv, params, torch)
+        # One tensor per parameter, in its dtype: the chunks' sums are added tensor by
+        # tensor and joined once, into float64, by to_numpy_copy (a concatenation per
+        # chunk was a tenth of an MLP's HVP on the CPU; benchmarks/RESULTS.md).
+        return _PerParameter(list(hv), params)
 
     def _tangent_pieces(self, vector, params):
         """``vector`` cut into the parameters' shapes and dtypes, once per session.
@@ -671,7 +673,17 @@ class TorchModel(ModelAdapter):
         )
 
     def to_numpy(self, x):
+        if isinstance(x, _PerParameter):
+            return x.to_numpy64(self._torch)
         return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else np.asarray(x)
+
+    def to_numpy_copy(self, x):
+        if isinstance(x, _PerParameter):
+            return x.to_numpy64(self._torch)  # already a new array
+        if isinstance(x, self._torch.Tensor):
+            # One pass: onto the host and into float64 together, always a new tensor.
+            return x.detach().to(device="cpu", dtype=self._torch.float64, copy=True).numpy()
+        return super().to_numpy_copy(x)
 
     def all_reduce_sum(self, x):
         torch = self._torch
@@ -752,6 +764,42 @@ def _tree_columns(tree, trainable, n, torch):
     return torch.stack(
         [tree[name].reshape(n, -1).double().square().sum(dim=1) for name, _ in trainable], dim=1
     )
+
+
+class _PerParameter:
+    """A vector of theta kept as one tensor per parameter (``None`` for a zero one).
+
+    What :meth:`TorchModel.loss_hvp_sum` returns: ``+`` adds two of them tensor by tensor,
+    and :meth:`to_numpy64` joins the tensors into one float64 NumPy vector in theta's
+    order, converting while it copies, so a sum over chunks is joined once.
+    """
+
+    __slots__ = ("tensors", "params")
+
+    def __init__(self, tensors, params):
+        self.tensors, self.params = tensors, params
+
+    def __add__(self, other):
+        if not isinstance(other, _PerParameter):
+            return NotImplemented
+        return _PerParameter(
+            [b if a is None else a if b is None else a + b
+             for a, b in zip(self.tensors, other.tensors)],
+            self.params,
+        )
+
+    def to_numpy64(self, torch):
+        """A new float64 NumPy ``(p,)``: each tensor copied into its slice."""
+        out = np.empty(sum(p.numel() for p in self.params), dtype=np.float64)
+        host, start = torch.from_numpy(out), 0
+        for t, p in zip(self.tensors, self.params):
+            stop = start + p.numel()
+            if t is None:
+                host[start:stop] = 0.0
+            else:
+                host[start:stop].copy_(t.detach().reshape(-1))
+            start = stop
+        return out
 
 
 def _flat(grads, params, torch):
