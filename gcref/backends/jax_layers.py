@@ -14,7 +14,7 @@ example's squared gradient norm per leaf (docs/math.md section 1):
 - ``conv_general_dilated(a, W)`` (one feature group): the kernel's own VJP at each
   example's recorded input and output cotangent, a per-example gradient of this kernel
   only (measured faster on the CPU than image patches ``||P_n^T G_n||^2``, see
-  ``_conv_sq_norm``), while the backward pass through the network stays batched;
+  ``_conv_kernel_grad``), while the backward pass through the network stays batched;
 - ``add``, ``sub``, ``mul`` of a (broadcast) parameter and an activation (biases,
   scales): the per-example gradient of the small leaf itself, by the site's own VJP.
 
@@ -265,25 +265,36 @@ def _evaluate(jaxpr, consts, args, path, plan, perturbations, records):
     return [read(v) for v in jaxpr.outvars]
 
 
-def site_sq_norms(plan, leaves, records, cotangents):
+def site_sq_norms(plan, leaves, records, cotangents, conv_grads=False):
     """``||grad_leaf l||^2`` per parameter leaf for one example, shape ``(T,)``.
 
     ``records`` and ``cotangents`` are one example's recorded inputs and site output
     cotangents (from :func:`recorded_forward` and the gradient with respect to the
     perturbations); leaves without a site have gradient zero.
+
+    With ``conv_grads``, returns ``(norms, {leaf index: grad_leaf l})`` for the leaves of
+    convolution sites too: their per-example kernel gradients are formed for the norm
+    anyway, and their sum over examples is the summed gradient, so a caller that needs
+    both takes it from here instead of differentiating the kernels a second time.
     """
     import jax.numpy as jnp
 
     columns = [jnp.zeros((), dtype=leaves[0].dtype)] * plan.n_leaves
+    kernel_grads = {}
     for site in plan.ordered_sites:
         g = cotangents[site.index]
         if site.kind == "dot":
             value = _dot_sq_norm(site, records[site.index], g)
         elif site.kind == "conv":
-            value = _conv_sq_norm(site, leaves[site.tag.leaf], records[site.index], g)
+            grad = _conv_kernel_grad(site, leaves[site.tag.leaf], records[site.index], g)
+            if conv_grads:
+                kernel_grads[site.tag.leaf] = grad
+            value = jnp.sum(jnp.square(grad))
         else:
             value = _elementwise_sq_norm(site, leaves[site.tag.leaf], records[site.index], g)
         columns[site.tag.leaf] = value.astype(columns[site.tag.leaf].dtype)
+    if conv_grads:
+        return jnp.stack(columns), kernel_grads
     return jnp.stack(columns)
 
 
@@ -316,8 +327,8 @@ def _dot_sq_norm(site, A, G):
     return _outer_sq_norm(A2, G2)
 
 
-def _conv_sq_norm(site, leaf, A, G):
-    """``||grad_W l_n||^2`` of a convolution: its kernel's VJP at one example's input and cotangent.
+def _conv_kernel_grad(site, leaf, A, G):
+    """``grad_W l_n`` of a convolution: its kernel's VJP at one example's input and cotangent.
 
     Under ``jax.vmap`` over the examples this is XLA's per-example kernel gradient (a
     grouped convolution), for this layer alone: the backward pass through the network
@@ -337,7 +348,7 @@ def _conv_sq_norm(site, leaf, A, G):
         return eqn.primitive.bind(A, value, **eqn.primitive.get_bind_params(eqn.params))
 
     _, vjp = jax.vjp(conv_of_kernel, leaf)
-    return jnp.sum(jnp.square(vjp(G)[0]))
+    return vjp(G)[0]
 
 
 def _elementwise_sq_norm(site, leaf, other, G):

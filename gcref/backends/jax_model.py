@@ -205,10 +205,22 @@ def _identity_loss_norms(plan, loss, params, X, targets, weights, param_grad):
     (value, (per, records)), grads = jax.value_and_grad(total, argnums=argnums, has_aux=True)(
         leaves, zero_perturbations(plan, X.shape[0])
     )
-    grad_leaves, cotangents = grads if param_grad else (None, grads)
-    norms = jax.vmap(lambda r, g: site_sq_norms(plan, leaves, r, g))(records, cotangents)
-    grad = None if grad_leaves is None else jax.tree_util.tree_unflatten(treedef, grad_leaves)
-    return value, per, grad, norms
+    if not param_grad:
+        norms = jax.vmap(lambda r, g: site_sq_norms(plan, leaves, r, g))(records, grads)
+        return value, per, None, norms
+    grad_leaves, cotangents = grads
+    norms, kernel_grads = jax.vmap(
+        lambda r, g: site_sq_norms(plan, leaves, r, g, conv_grads=True)
+    )(records, cotangents)
+    # A convolution kernel's summed gradient is the sum of its per-example gradients,
+    # which the norms formed already (padded rows have zero cotangents): the batched
+    # pass's own kernel gradient is then unused and compiled away. Measured on the small
+    # CNN (CPU, chunks of 128): the fused primitive 12% slower than jit(vmap(grad))
+    # before, when every kernel was differentiated twice.
+    grad_leaves = list(grad_leaves)
+    for leaf, g in kernel_grads.items():
+        grad_leaves[leaf] = jnp.sum(g, axis=0)
+    return value, per, jax.tree_util.tree_unflatten(treedef, grad_leaves), norms
 
 
 def _per_example_loss_grads(apply, loss, params, X, targets):
