@@ -344,6 +344,12 @@ def test_bad_inputs_and_outputs_are_refused(small_mlp):
         gm.geometric_complexity(apply, X.astype(np.float32), params=tree)
     with pytest.raises(ValueError, match="X contains NaN"):
         gm.geometric_complexity(apply, np.where(X > 1, np.inf, X), params=tree)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        gm.geometric_complexity(apply, np.where(X > 1, np.nan, X), params=tree)
+    # Finite entries whose sum overflows (the quick check's case for the full scan).
+    huge = np.full((4, 3), 1e308)
+    assert not np.isfinite(np.sum(huge))
+    assert JaxModel(apply, tree).check_batch(huge, "X") is huge
     with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1,\)"):
         gm.geometric_complexity(lambda p, x: apply(p, x)[:, 0], X, params=tree, chunk_size=4)
     with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1, 2\)"):
@@ -513,3 +519,23 @@ def test_hvp_tangent_placed_once_is_replaced_when_the_vector_changes(small_mlp):
     v *= -2.0  # in place: the cached tangent must not be reused
     assert_close(model.loss_hvp_sum(X, y, loss, v), -2.0 * first)
     assert_close(JaxModel(apply, tree).loss_hvp_sum(X, y, loss, v), -2.0 * first)
+
+
+def test_hvp_tangent_is_placed_once_per_call_and_again_after_an_in_place_change(small_mlp, monkeypatch):
+    """Inside one measure call the vector is recognised by identity (placed once for all
+    its chunks); a vector changed in place between calls must be placed again."""
+    apply, tree = small_mlp
+    rng = np.random.default_rng(29)
+    X, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 2))
+    model = JaxModel(apply, tree)
+    v = rng.normal(size=model.parameter_vector().shape[0])
+    placed = []
+    unflatten = JaxModel._unflatten
+    monkeypatch.setattr(JaxModel, "_unflatten", lambda self, w: placed.append(1) or unflatten(self, w))
+    first = gm.loss_hvp(model, (X, y), "squared", v, chunk_size=2)  # 4 chunks
+    assert len(placed) == 1
+    assert_close(first, gm.loss_hvp(model, (X, y), "squared", v, chunk_size=7))
+    v *= -2.0  # in place, between calls
+    assert_close(gm.loss_hvp(model, (X, y), "squared", v, chunk_size=2), -2.0 * first)
+    assert len(placed) == 2
+    assert model._session_tangent is None  # nothing held after the call
