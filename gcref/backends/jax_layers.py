@@ -338,7 +338,6 @@ def _conv_kernel_grad(site, leaf, A, G):
     patch arrays cost more memory traffic than the products save.
     """
     import jax
-    import jax.numpy as jnp
 
     eqn = site.eqn
 

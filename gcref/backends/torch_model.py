@@ -774,7 +774,7 @@ class _PerParameter:
     order, converting while it copies, so a sum over chunks is joined once.
     """
 
-    __slots__ = ("tensors", "params")
+    __slots__ = ("params", "tensors")
 
     def __init__(self, tensors, params):
         self.tensors, self.params = tensors, params
