@@ -12,8 +12,9 @@ Measures, each with chunks of ``--chunk`` examples:
 - ``loss_hvp``: ``loss_hvp``, the Hessian of the mean loss times a Gaussian vector.
 
 **Time against N**: four sizes over two decades (``--sizes``), on data held in memory;
-the median of ``--repeats`` rounds after a warm-up, each round timing every measure once
-in a shuffled order (so that load from other processes falls on all alike). The goal of
+the median of ``--repeats`` rounds after a warm-up, each round timing every measure at
+every size once in a shuffled order (so that load from other processes, and the drift of
+the machine's speed, fall on all sizes alike). The goal of
 issue 17 is time linear in N within 10%: the time per example at every size within 10%
 of its value at the largest size (the verdict); the least-squares slope of ``log t``
 against ``log N`` is printed too (1 for linear cost).
@@ -140,29 +141,36 @@ def measure_runs(model, chunk, seed):
 def time_sweep(points, chunk, repeats, seed, device, log):
     """Median seconds of every measure at each point ``(width, n)``: ``{measure: [seconds]}``.
 
-    Each point has its own model and data; every measure is warmed up on two chunks, then
-    timed in ``repeats`` rounds of a shuffled order.
+    Each point has its own model and data; every measure is warmed up on two chunks at
+    every point, then timed in ``repeats`` rounds, each round timing every (point,
+    measure) once in a shuffled order. Interleaving the points matters: the shared
+    CPU's speed drifts by tens of percent over a minute, and timing the sizes one after
+    the other read that drift as a change of the time per example with N (measured:
+    per-example times 30% apart between N = 16,384 and 102,400, in the order they ran).
     """
     rng = np.random.default_rng(seed)
-    out = {m: [] for m in MEASURES}
+    setups = []
     for width, n in points:
         runs = measure_runs(build_mlp(width, seed).to(device), chunk, seed)
         data = tuple(t.to(device) for t in draw_batch(n, seed))
         warm = (data[0][: 2 * chunk], data[1][: 2 * chunk])
         for run in runs.values():
             run(warm)
-        times = {m: [] for m in MEASURES}
-        for _ in range(repeats):
-            for i in rng.permutation(len(MEASURES)):
-                m = MEASURES[i]
-                synchronize(device)
-                start = time.perf_counter()
-                runs[m](data)
-                synchronize(device)
-                times[m].append(time.perf_counter() - start)
-        for m in MEASURES:
-            out[m].append(statistics.median(times[m]))
-        log(f"  width {width}, N = {n}: " + ", ".join(f"{m} {out[m][-1]:.3g} s" for m in MEASURES))
+        setups.append((runs, data))
+    times = [{m: [] for m in MEASURES} for _ in points]
+    pairs = [(j, m) for j in range(len(points)) for m in MEASURES]
+    for _ in range(repeats):
+        for i in rng.permutation(len(pairs)):
+            j, m = pairs[i]
+            runs, data = setups[j]
+            synchronize(device)
+            start = time.perf_counter()
+            runs[m](data)
+            synchronize(device)
+            times[j][m].append(time.perf_counter() - start)
+    out = {m: [statistics.median(t[m]) for t in times] for m in MEASURES}
+    for j, (width, n) in enumerate(points):
+        log(f"  width {width}, N = {n}: " + ", ".join(f"{m} {out[m][j]:.3g} s" for m in MEASURES))
     return out
 
 
