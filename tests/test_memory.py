@@ -59,9 +59,12 @@ def test_geometric_complexity_memory_does_not_grow_with_n():
     assert large <= small + SLACK_BYTES, (small, large)
 
 
-def test_per_example_norms_need_at_most_twice_their_result():
-    # The per-example result (N, T) must be kept; the chunks' list and its concatenation
-    # hold it twice at the end. Beyond that, the memory must not grow with N.
+def test_per_example_norms_need_at_most_three_times_their_result():
+    # The per-example result (N, T) must be kept. Its buffer doubles when full, so while it
+    # grows the old and the new buffer are held together: less than 3 N rows. Beyond that
+    # and one chunk's work (which the smaller run's whole peak bounds), the memory must not
+    # grow with N. The bound can fail: holding the 10^5 inputs would add 12.8 MB
+    # (D = 16 float64 each) to the 6.5 MB the call needs, against a bound of about 10.7 MB.
     (small, kept_small), (large, kept_large) = (traced_peak("loss_grad_sq_norms", n) for n in SIZES)
     assert kept_large == 10 * kept_small > 0
-    assert large - 2 * kept_large <= small - 2 * kept_small + SLACK_BYTES, (small, large, kept_large)
+    assert large <= 3 * kept_large + small + SLACK_BYTES, (small, large, kept_large)

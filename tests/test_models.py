@@ -10,6 +10,8 @@ chunk sizes) be checked on its own.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -271,6 +273,56 @@ def test_streaming_gives_the_same_values(drawn, data):
     for name in LABELLED:
         form = forms_of(X, y, cuts)[name]
         close(models.loss_hvp(model, form, loss, v, chunk_size=chunk_size), hv)
+
+
+class RowsTracker(NumpyMLPModel):
+    """Notes, at each call, how many of the per-example arrays it returned are alive."""
+
+    def __init__(self, mlp, params):
+        super().__init__(mlp, params)
+        self.returned, self.alive_at_call = [], []
+
+    def _track(self, rows):
+        self.alive_at_call.append(sum(ref() is not None for ref in self.returned))
+        self.returned.append(weakref.ref(rows))
+        return rows
+
+    def jacobian_sq_norms(self, X, mode):
+        return self._track(super().jacobian_sq_norms(X, mode))
+
+    def output_grad_sq_norms(self, X):
+        return self._track(super().output_grad_sq_norms(X))
+
+    def loss_grad_sq_norms(self, X, targets, loss):
+        losses, rows = super().loss_grad_sq_norms(X, targets, loss)
+        return losses, self._track(rows)
+
+
+@pytest.mark.parametrize("measure", ["geometric_complexity", "output_grad_sq_norms",
+                                     "loss_grad_sq_norms"])
+def test_per_example_rows_are_copied_not_kept(small, measure):
+    # A streamed measure keeps its per-example results in its own buffer: each array the
+    # adapter returned (a framework's memory, in a real adapter) is let go by the next
+    # chunk but one (a loop variable may hold the last). Keeping them all pinned freed
+    # input blocks on glibc (benchmarks/RESULTS.md).
+    problem, y = small
+    tracker = RowsTracker(problem.mlp, problem.params)
+    reference = adapter(problem)
+    X = np.concatenate([problem.X] * 5)
+    Y = np.concatenate([y] * 5)
+    data = (X, Y) if measure == "loss_grad_sq_norms" else X
+    keywords = {"per_example": True} if measure == "geometric_complexity" else {}
+    args = ("squared",) if measure == "loss_grad_sq_norms" else ()
+    got = getattr(models, measure)(tracker, data, *args, chunk_size=4, **keywords)
+    want = getattr(models, measure)(reference, data, *args, chunk_size=30, **keywords)
+    assert len(tracker.returned) == 8  # 30 examples in chunks of 4
+    assert max(tracker.alive_at_call) <= 1, tracker.alive_at_call
+    if measure == "geometric_complexity":
+        got, want = got.per_example, want.per_example
+    else:
+        got, want = got.per_parameter, want.per_parameter
+    assert got.shape == want.shape and got.flags.owndata
+    close(got, want)
 
 
 @given(labelled_problems(), st.data())
