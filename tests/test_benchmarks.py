@@ -129,6 +129,39 @@ def test_scaling_tables_and_plot_give_the_verdicts(tmp_path):
     assert path.stat().st_size > 0
 
 
+def test_scaling_paired_verdict_reads_the_paired_medians():
+    sc = load("scaling")
+    sizes, widths = [10, 100, 1000], [4, 8]
+    # The medians over rounds look far from linear (a fixed cost) for every measure ...
+    by_n = {m: [1.0, 1.5, 10.0] for m in sc.MEASURES}
+    by_width = {m: [0.1, 0.4] for m in sc.MEASURES}
+    memory = [{"n": n, "per_measure": True, "peak_mib": dict.fromkeys(sc.MEASURES, 100.0)}
+              for n in sizes]
+    # ... but the pairs say linear within 10%, except for igr_terms at the middle size.
+    paired = {m: [(1.05, 1.0, 1.1), (0.93, 0.9, 0.95)] for m in sc.MEASURES}
+    paired["igr_terms"] = [(1.02, 1.0, 1.04), (1.12, 1.1, 1.2)]
+    text, met = sc.tables(sizes, by_n, widths, by_width, 100, memory, 8, paired=paired)
+    assert not met
+    rows = [line for line in text.splitlines() if line.endswith(("PASS |", "MISS |"))]
+    time_rows = rows[: len(sc.MEASURES)]
+    assert [row.split(" | ")[0][2:] for row in time_rows if row.endswith("MISS |")] == ["igr_terms"]
+    assert "1.120 [1.100, 1.200]" in text
+    _, met_rounds = sc.tables(sizes, by_n, widths, by_width, 100, memory, 8)
+    assert not met_rounds
+
+
+def test_scaling_paired_sweep_times_each_measure_against_the_largest_size():
+    require_backend("torch")
+    sc = load("scaling")
+    lines = []
+    out = sc.paired_sweep(4, [8, 32], 8, 2, 0, "cpu", lines.append)
+    assert set(out) == set(sc.MEASURES)
+    for m in sc.MEASURES:
+        ((median, q1, q3),) = out[m]
+        assert 0 < q1 <= median <= q3
+    assert len(lines) == len(sc.MEASURES)
+
+
 def test_a_missing_peer_is_skipped_with_a_line_that_says_so(monkeypatch):
     require_backend("torch")
     mm = load("model_measures")
