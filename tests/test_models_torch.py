@@ -238,6 +238,48 @@ def test_batchnorm_uses_running_statistics_whatever_the_mode():
     assert_close(train_mode, singles)
 
 
+class ModeRecorder(torch.nn.Module):
+    """Linear layer that notes, at each forward pass, whether it was in training mode."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.linear = torch.nn.Linear(d_in, d_out).double()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return self.linear(x)
+
+
+class OwnTrain(torch.nn.Sequential):
+    """A module whose train() is its own: it counts its calls and keeps layer 0 in eval."""
+
+    calls = 0
+
+    def train(self, mode=True):
+        type(self).calls += 1
+        super().train(mode)
+        self[0].eval()
+        return self
+
+
+@pytest.mark.parametrize("kind", ["plain", "own train()"])
+def test_measures_run_in_eval_mode_and_restore_every_flag(kind):
+    cls = torch.nn.Sequential if kind == "plain" else OwnTrain
+    model = cls(ModeRecorder(3, 5), torch.nn.Tanh(), ModeRecorder(5, 2)).train()
+    model[2].eval()  # a mixed state: one layer already in eval mode
+    before = [m.training for m in model.modules()]
+    OwnTrain.calls = 0
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    gm.geometric_complexity(model, X)
+    gm.loss_grad_sq_norms(model, (X, np.array([0, 1, 0, 1])), "softmax_cross_entropy")
+    assert [m.training for m in model.modules()] == before
+    assert model[0].seen and model[2].seen
+    assert not any(model[0].seen + model[2].seen)
+    if kind == "own train()":
+        assert OwnTrain.calls == 2  # once per measure call: its eval() went through train()
+
+
 def test_weight_gradients_are_never_accumulated(network):
     model, X, labels = network
     gm.geometric_complexity(model, X)

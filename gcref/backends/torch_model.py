@@ -738,14 +738,29 @@ def _eval_mode(module, modules=None):
     the switch and the restore of every flag were a tenth of gcref's fixed cost per call).
     ``modules`` is ``list(module.modules())`` where the caller has it.
     """
-    training = [m for m in (module.modules() if modules is None else modules) if m.training]
+    import torch
+
+    modules = list(module.modules()) if modules is None else modules
+    training = [m for m in modules if m.training]
+    # Where no module overrides train(), eval() only sets each flag, through a module's
+    # __setattr__ (about 4 us each); writing the instance attribute itself does the same
+    # in a fraction of it (measured: 48 us against 3 us per switch and restore for a
+    # five-layer Sequential). A module whose train() is its own is switched by eval().
+    plain = all(type(m).train is torch.nn.Module.train and "training" in m.__dict__ for m in modules)
     if training:
-        module.eval()
+        if plain:
+            for m in training:
+                m.__dict__["training"] = False
+        else:
+            module.eval()
     try:
         yield
     finally:
         for m in training:
-            m.training = True
+            if plain:
+                m.__dict__["training"] = True
+            else:
+                m.training = True
 
 
 def _row_sq_norms(g, X, torch):
