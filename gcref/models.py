@@ -203,7 +203,9 @@ def _checked(
     examples and is not checked. With ``wrt_input`` (the input-Jacobian measures), each
     batch is also checked to have derivatives with respect to the input.
     """
-    pending = [not adapter.examples_independent]
+    # One entry while the check is due; none for an adapter whose examples are independent
+    # by construction (a list, so that ``check`` can clear it).
+    pending = [] if adapter.examples_independent else [True]
     cache = adapter.independence_cache()
 
     def check(X: NativeArray, name: str) -> Any:
@@ -595,14 +597,19 @@ def _loss_sum_and_grad(
     penalty: bool = False, check: Callable[[Any, str], Any] | None = None,
 ) -> tuple[Any, ...]:
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
-    zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
-    total, grad, hg, count = 0.0, zero, zero, 0
+    total, grad, hg, count = 0.0, None, None, 0
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
                                       spec=spec, what=what, check=check):
         value, g = adapter.loss_grad_sum(X, targets, loss)
-        total, grad, count = total + value, grad + g, count + X.shape[0]
+        # The first chunk's vector is the sum so far (no zero vector to add it to).
+        total, grad, count = total + value, g if grad is None else grad + g, count + X.shape[0]
         if penalty:
-            hg = hg + adapter.per_example_penalty_grad_sum(X, targets, loss)
+            h = adapter.per_example_penalty_grad_sum(X, targets, loss)
+            hg = h if hg is None else hg + h
+    if grad is None or (penalty and hg is None):
+        # This process's shard is empty: zeros, for the all-reduce.
+        zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
+        grad, hg = zero, zero
     total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
     _check_count(count)
     grad = adapter.all_reduce_sum(grad)

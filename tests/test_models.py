@@ -325,6 +325,25 @@ def test_per_example_rows_are_copied_not_kept(small, measure):
     close(got, want)
 
 
+@pytest.mark.parametrize("independent", [False, True])
+def test_the_batch_statistics_check_runs_once_per_call_unless_independent(
+    small, independent, monkeypatch
+):
+    # Once per measure call for an adapter that may couple examples (it remembers no
+    # shapes: independence_cache is None); never for one whose examples are independent
+    # by construction (a gcref MLP), which was checked on every call before.
+    problem, y = small
+    model = adapter(problem)
+    model.examples_independent = independent
+    checked = []
+    real = models._check_independent
+    monkeypatch.setattr(models, "_check_independent",
+                        lambda a, X: checked.append(X.shape[0]) or real(a, X))
+    models.loss_grad(model, (problem.X, y), "squared", chunk_size=2)
+    models.geometric_complexity(model, problem.X, chunk_size=2)
+    assert checked == ([] if independent else [2, 2])
+
+
 @given(labelled_problems(), st.data())
 def test_sgd_term_depends_on_the_batches_not_the_chunks(drawn, data):
     problem, loss, y = drawn

@@ -133,7 +133,7 @@ class MLPModel(ModelAdapter):
             Xn, T = self._input(X), self._targets(targets)
             value = self.backend.mean_loss(self.mlp, self._nparams(), Xn, T, loss)
             grads = self.backend.loss_grad(self.mlp, self._nparams(), Xn, T, loss)
-            return float(self._np(value)) * n, self._flat(grads) * n
+            return float(self._np(value)) * n, self._flat(grads, scale=n)
 
     def loss_hvp_sum(self, X, targets, loss, vector):
         n = X.shape[0]
@@ -141,19 +141,31 @@ class MLPModel(ModelAdapter):
         with self._scope():
             Xn, T = self._input(X), self._targets(targets)
             hv = self.backend.loss_hvp(self.mlp, self._nparams(), Xn, T, loss, self._nparams(like))
-            return self._flat(hv) * n
+            return self._flat(hv, scale=n)
 
     def per_example_penalty_grad_sum(self, X, targets, loss):
         with self._scope():
             Xn, T = self._input(X), self._targets(targets)
             grads = self.backend.per_example_penalty_grad(self.mlp, self._nparams(), Xn, T, loss)
-            return self._flat(grads) / 2
+            return self._flat(grads, scale=0.5)
 
-    def _flat(self, grads):
-        return np.concatenate([np.ravel(self._np(a)) for a in flat_arrays(grads)])
+    def _flat(self, grads, scale=1.0):
+        """The arrays of ``grads`` times ``scale``, one float64 vector: one pass over them."""
+        arrays = [self.backend.to_numpy(a) for a in flat_arrays(grads)]
+        out = np.empty(sum(np.size(a) for a in arrays), dtype=np.float64)
+        start = 0
+        for a in arrays:
+            stop = start + np.size(a)
+            np.multiply(np.ravel(a), scale, out=out[start:stop], dtype=np.float64)
+            start = stop
+        return out
 
     def parameter_vector(self):
         return flatten_params(self.params).astype(np.float64)
+
+    def n_parameters(self):
+        # Counted, not flattened: the default flattens the parameters (a copy of them all).
+        return sum(W.size + b.size for W, b in self.params)
 
     def to_numpy(self, x):
         return np.asarray(x)
