@@ -239,6 +239,36 @@ def test_arc_length_yardstick_is_the_natural_splines_excess():
     assert abs(arc_length.spline_excess(x, x**2) - (exact - polyline) / polyline) < 1e-4
 
 
+def test_arc_length_runs_stop_at_the_loss_target_or_report_that_they_missed_it():
+    settings = {**arc_length.QUICK, "width": 8, "snapshots": 4}
+    quiet = lambda *args: None  # noqa: E731
+    reached = arc_length.one_run({**settings, "target_loss": 0.5}, 3, scale=1.0, lr=0.1,
+                                 n_steps=300, progress=quiet, label="")
+    assert reached["reached"] and reached["steps_run"] == reached["step"][-1] < 300
+    assert reached["loss"][-1] <= 0.5 < max(reached["loss"][:-1], default=np.inf)
+    missed = arc_length.one_run({**settings, "target_loss": 0.0}, 3, scale=1.0, lr=0.1,
+                                n_steps=20, progress=quiet, label="")
+    assert not missed["reached"] and missed["steps_run"] == missed["step"][-1] == 20
+
+
+def test_arc_length_rule_leaves_out_the_runs_that_missed_the_target():
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(0)
+
+    def record(final, reached=True):
+        x = np.sort(rng.uniform(0.0, 1.0, 10))
+        return {"x": x, "y": np.sin(2 * np.pi * x), "reached": reached, "steps_run": 100,
+                "residual_fraction": 0.01, "final_excess": final, "initial_excess": 0.6}
+
+    near = [record(0.0 + 0.001 * i) for i in range(4)]
+    judged = arc_length.judged(near + [record(5.0, reached=False)], [1, 2, 3, 4, 5])
+    assert judged["n_reached"] == 4 and judged["not_reached"] == [5]
+    assert judged["rule_holds"]  # the missed run's long function is not counted
+    assert not arc_length.judged(near[:1] + [record(0.0, reached=False)], [1, 2])["rule_holds"]
+    long = [record(1.0 + 0.01 * i) for i in range(4)]  # longer than the spline and the start
+    assert not arc_length.judged(long, [1, 2, 3, 4])["rule_holds"]
+
+
 @pytest.mark.parametrize("how", ["path", "module"])
 def test_the_command_runs_from_any_directory(how, tmp_path):
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
