@@ -325,5 +325,7 @@ def _whole(X: Any) -> int:
 
 def _like(vector: ArrayLike, params: MLPParams) -> NumpyParams:
     """A float64 vector as a tuple of ``(W, b)`` pairs of the parameters' shapes and dtype."""
-    # unflatten_params already casts each piece to its parameter's dtype (a new array).
-    return tuple((W, b) for W, b in unflatten_params(vector, params))
+    dtype = params[0][0].dtype
+    return tuple(
+        (W.astype(dtype), b.astype(dtype)) for W, b in unflatten_params(vector, params)
+    )

@@ -178,6 +178,26 @@ def test_a_measure_switches_modes_once_per_call_not_per_chunk(torch):
         measure()
         assert calls == ["eval"]
         assert all(m.training for m in net.modules())
+    # Without the patched eval() the flags are written directly: still once per call.
+    del net.eval
+    from gcref.backends import torch_model
+
+    switches = []
+    real = torch_model._eval_mode
+
+    def counted(*args, **kwargs):
+        switches.append(args[0])
+        return real(*args, **kwargs)
+
+    torch_model._eval_mode = counted
+    try:
+        models.geometric_complexity(net, X, chunk_size=4)
+        models.loss_hvp(net, (X, y), "softmax_cross_entropy",
+                        np.ones(models.parameter_vector(net).size), chunk_size=4)
+    finally:
+        torch_model._eval_mode = real
+    assert switches == [net, net]
+    assert all(m.training for m in net.modules())
 
 
 def test_token_ids_for_an_embedding_are_measured_where_they_can_be(torch):
