@@ -27,6 +27,7 @@ from validation import (  # noqa: E402
     experiment_names,
     load,
     min_norm,
+    regularizers,
 )
 from validation.__main__ import main  # noqa: E402
 from validation._report import VERDICTS, Runs, plain, write_json_atomically  # noqa: E402
@@ -267,6 +268,25 @@ def test_arc_length_rule_leaves_out_the_runs_that_missed_the_target():
     assert not arc_length.judged(near[:1] + [record(0.0, reached=False)], [1, 2])["rule_holds"]
     long = [record(1.0 + 0.01 * i) for i in range(4)]  # longer than the spline and the start
     assert not arc_length.judged(long, [1, 2, 3, 4])["rule_holds"]
+
+
+@pytest.mark.parametrize("patience", [1, 2, 50])
+def test_regularizers_runs_train_past_their_best_epoch_by_the_patience(patience):
+    pytest.importorskip("sklearn")
+    from validation._training import digits
+
+    data = digits(np.random.default_rng(0))
+    mlp = gcref.MLP([data[0].shape[1], 8, 10], activation="relu")
+    settings = {**regularizers.QUICK, "patience": patience, "max_epochs": 30}
+    r = regularizers.one_run(mlp, data, settings, "none", 0, 3)
+    accuracies = r["curve"]["test_accuracy"]
+    assert len(accuracies) == r["epochs_run"] + 1
+    assert r["test_accuracy"] == max(accuracies) == accuracies[r["best_epoch"]]
+    if r["past_peak"]:
+        assert r["epochs_run"] - r["best_epoch"] == patience
+    else:
+        assert r["epochs_run"] == 30 and 30 - r["best_epoch"] < patience
+    assert r["past_peak"] != (patience == 50)
 
 
 @pytest.mark.parametrize("how", ["path", "module"])
