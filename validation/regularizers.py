@@ -46,12 +46,13 @@ RULE = (
 QUICK = {"hidden": [16], "lr": 0.05, "batch_size": 64, "patience": 1, "max_epochs": 3, "seeds": 2,
          "strengths": {"L2": [1e-3], "IGR": [0.5], "spectral": [1e-2]}}
 FULL = {"hidden": [64, 64], "lr": 0.05, "batch_size": 64, "patience": 20, "max_epochs": 200,
-        "seeds": 3,
+        "seeds": 5,
         "strengths": {"L2": [1e-4, 1e-3, 1e-2], "IGR": [0.1, 0.5, 2.0],
                       "spectral": [1e-3, 1e-2, 1e-1]}}
 
-# Each run's key names its grid value: extending this grid reuses the runs done.
-SWEPT = ("strengths",)
+# Each run's key names its grid value and its seed: extending the grid or the seeds reuses
+# the runs done (a run depends on its own seed only).
+SWEPT = ("strengths", "seeds")
 
 PENALTIES = {"L2": L2Penalty, "IGR": IGRPenalty, "spectral": SpectralPenalty}
 

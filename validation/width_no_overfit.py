@@ -39,10 +39,11 @@ QUICK = {"num_samples": 400, "n_train": 100, "noise_levels": [0.0, 0.15], "width
          "lr": 0.3, "batch_size": 16, "max_epochs": 40, "seeds": 2}
 FULL = {"num_samples": 5000, "n_train": 1000, "noise_levels": [0.0, 0.15],
         "widths": [32, 64, 128, 256, 512, 1024, 2048], "lr": 0.1, "batch_size": 32,
-        "max_epochs": 400, "seeds": 3}
+        "max_epochs": 400, "seeds": 5}
 
-# Each run's key names its grid value: extending this grid reuses the runs done.
-SWEPT = ("widths", "noise_levels")
+# Each run's key names its grid value and its seed: extending the grid or the seeds reuses
+# the runs done (a run depends on its own seed only).
+SWEPT = ("widths", "noise_levels", "seeds")
 
 LOSS = "softmax_cross_entropy"
 
