@@ -533,6 +533,18 @@ def test_double_descent_peak_counts_rises_beyond_two_standard_errors(means, spre
 
 # --- min_norm ------------------------------------------------------------------------------
 
+def test_min_norm_gd_block_is_that_many_gd_steps():
+    problem = min_norm.Problem(min_norm.FULL, np.random.default_rng(0))
+    w = np.random.default_rng(1).normal(size=len(problem.w_plus))
+    stepped = w.copy()
+    for _ in range(min_norm.GD_BLOCK):
+        stepped = stepped - problem.step * min_norm.loss_grad(problem.D, problem.y, stepped)
+    np.testing.assert_allclose(problem.gd_block(w), stepped, rtol=1e-10,
+                               atol=1e-10 * np.abs(stepped).max())
+    # GD never moves the null-space component (its gradients lie in the row space).
+    assert problem.null_norm(problem.gd_block(w)) == pytest.approx(problem.null_norm(w), rel=1e-10)
+
+
 def test_min_norm_gradient_and_nmgd_step_are_gcrefs():
     from gcref.optimizers import NMGD
 

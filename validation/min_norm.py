@@ -16,6 +16,13 @@ update are written out in NumPy (``loss_grad``, ``nmgd_step``, both checked agai
 tests/test_validation.py), which makes the hundreds of thousands of steps of Fig. 6's
 protocol take seconds. The training points are Chebyshev nodes, which keep the Vandermonde
 matrix well enough conditioned for GD to converge.
+
+GD on this quadratic loss is an affine map, ``w -> T w + c`` with ``T = I - h H``; the GD
+phases after the perturbations apply it 100 steps at a time (``T^100`` and its offset,
+formed once by 100 of the same steps), so that each phase can run until it has converged
+(training loss below ``converged_loss``), about 4 x 10^5 steps here: the smallest non-zero
+eigenvalue of H is 2e-5 of the largest. An earlier protocol stopped each phase at 10^5 plain
+steps, where 443 of 450 phases had not converged.
 """
 
 from __future__ import annotations
@@ -50,12 +57,14 @@ QUICK = {"degree": 30, "n_train": 9, "n_test": 100, "frequency": 1.0, "gd_steps"
          "sigma": 0.45, "nmgd_steps": 3000, "nmgd_exponent": 0.95, "nmgd_offset": 1,
          "step_fraction": 1.8, "records": 100, "seeds": 2}
 FULL = {"degree": 30, "n_train": 9, "n_test": 100, "frequency": 1.0, "gd_steps": 60000,
-        "perturbations": 15, "max_steps_between": 100000, "converged_loss": 1e-12,
+        "perturbations": 15, "max_steps_between": 2000000, "converged_loss": 1e-12,
         "sigma": 0.45, "nmgd_steps": 120000, "nmgd_exponent": 0.95, "nmgd_offset": 1,
         "step_fraction": 1.8, "records": 200, "seeds": 30}
 
 WALK_TOLERANCE = 0.15
 RATE_TOLERANCE = 0.2
+#: GD steps per application of the precomputed affine map in the GD phases.
+GD_BLOCK = 100
 
 
 def features(x, degree):
@@ -104,6 +113,16 @@ class Problem:
         self.hessian = self.D.T @ self.D / n_train
         # The largest eigenvalue of the Hessian of the mean loss sets the stable steps.
         self.step = settings["step_fraction"] / (singular[0] ** 2 / n_train)
+        # GD_BLOCK steps of GD as one affine map, formed by taking them: w -> M w + v.
+        M, v = np.eye(len(self.w_plus)), np.zeros(len(self.w_plus))
+        for _ in range(GD_BLOCK):
+            M, v = M - self.step * (self.hessian @ M), v - self.step * loss_grad(self.D, self.y, v)
+        self.block = M, v
+
+    def gd_block(self, w):
+        """``GD_BLOCK`` steps of GD from ``w`` (the same affine map as that many steps)."""
+        M, v = self.block
+        return M @ w + v
 
     def null_norm(self, w):
         return float(np.linalg.norm(self.null_basis.T @ w))
@@ -133,9 +152,8 @@ def one_seed(settings, problem, start, run_seed, progress):
         steps = 0
         while (steps < settings["max_steps_between"]
                and mean_loss(problem.D, problem.y, w) > settings["converged_loss"]):
-            for _ in range(100):
-                w = w - problem.step * loss_grad(problem.D, problem.y, w)
-            steps += 100
+            w = problem.gd_block(w)
+            steps += GD_BLOCK
         record["null_norm"].append(problem.null_norm(w))
         record["test_loss"].append(mean_loss(problem.D_test, problem.y_test, w))
         record["train_loss"].append(mean_loss(problem.D, problem.y, w))
