@@ -606,10 +606,11 @@ def _loss_sum_and_grad(
         if penalty:
             h = adapter.per_example_penalty_grad_sum(X, targets, loss)
             hg = h if hg is None else hg + h
-    if grad is None or (penalty and hg is None):
-        # This process's shard is empty: zeros, for the all-reduce.
-        zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
-        grad, hg = zero, zero
+    # A process whose shard is empty contributes zeros to the all-reduce (each its own vector).
+    if grad is None:
+        grad = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
+    if penalty and hg is None:
+        hg = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
     total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
     _check_count(count)
     grad = adapter.all_reduce_sum(grad)

@@ -189,14 +189,26 @@ def test_a_measure_switches_modes_once_per_call_not_per_chunk(torch):
         switches.append(args[0])
         return real(*args, **kwargs)
 
+    # A spy in place of Module.eval itself (so no module overrides it): the direct path
+    # must not call it.
+    evals = []
+    module_eval = torch.nn.Module.eval
+
+    def spied_eval(self):
+        evals.append(self)
+        return module_eval(self)
+
     torch_model._eval_mode = counted
+    torch.nn.Module.eval = spied_eval
     try:
         models.geometric_complexity(net, X, chunk_size=4)
         models.loss_hvp(net, (X, y), "softmax_cross_entropy",
                         np.ones(models.parameter_vector(net).size), chunk_size=4)
     finally:
         torch_model._eval_mode = real
+        torch.nn.Module.eval = module_eval
     assert switches == [net, net]
+    assert evals == []
     assert all(m.training for m in net.modules())
 
 

@@ -268,6 +268,11 @@ def test_arc_length_rule_leaves_out_the_runs_that_missed_the_target():
     assert not arc_length.judged(near[:1] + [record(0.0, reached=False)], [1, 2])["rule_holds"]
     long = [record(1.0 + 0.01 * i) for i in range(4)]  # longer than the spline and the start
     assert not arc_length.judged(long, [1, 2, 3, 4])["rule_holds"]
+    # A control is rejected by long interpolants, not by runs that never interpolated.
+    assert arc_length.rejected(arc_length.judged(long, [1, 2, 3, 4]))
+    assert not arc_length.rejected(arc_length.judged(near, [1, 2, 3, 4]))
+    missed = [record(1.0, reached=False) for _ in range(4)]
+    assert not arc_length.rejected(arc_length.judged(missed, [1, 2, 3, 4]))
 
 
 @pytest.mark.parametrize("patience", [1, 2, 50])

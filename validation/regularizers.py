@@ -64,6 +64,9 @@ def one_run(mlp, data, settings, penalty, strength, run_seed):
     ``penalty`` is a key of :data:`PENALTIES`, ``"none"`` (strength 0) or ``"placebo"`` (no
     penalty, the batch order of another stream).
     """
+    for key in ("patience", "max_epochs"):
+        if settings[key] < 1:
+            raise ValueError(f"{key} must be at least 1; got {settings[key]}")
     X, labels, X_test, labels_test = data
     params = mlp.init(np.random.default_rng(run_seed), "he_normal", bias="zero")
     rng = np.random.default_rng(run_seed + (2000 if penalty == "placebo" else 1000))

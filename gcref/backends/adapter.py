@@ -127,7 +127,10 @@ class ModelAdapter:
         raise NotImplementedError
 
     def loss_grad_sum(self, X, targets, loss):
-        """``(sum_n l_n, sum_n grad_theta l_n)``: a float and a native float64 vector ``(p,)``."""
+        """``(sum_n l_n, sum_n grad_theta l_n)``: a float and a native float64 vector ``(p,)``.
+
+        The vector must be a new one on every call, not a buffer the adapter reuses: the
+        caller keeps the first chunk's vector as its running sum."""
         raise NotImplementedError
 
     def loss_grad_sum_and_sq_norms(self, X, targets, loss):
@@ -147,11 +150,13 @@ class ModelAdapter:
         that adds to another of its kind with ``+`` and that :meth:`to_numpy` and
         :meth:`to_numpy_copy` turn into one (the torch adapter keeps one tensor per
         parameter). The caller adds the chunks' values pairwise and the few partial sums
-        in float64."""
+        in float64. A new value on every call, as for :meth:`loss_grad_sum`."""
         raise NotImplementedError
 
     def per_example_penalty_grad_sum(self, X, targets, loss):
-        """``sum_n H_n grad_theta l_n``, half the gradient of ``sum_n ||grad_theta l_n||^2``: native ``(p,)``."""
+        """``sum_n H_n grad_theta l_n``, half the gradient of ``sum_n ||grad_theta l_n||^2``: native ``(p,)``.
+
+        A new vector on every call, as for :meth:`loss_grad_sum`."""
         raise NotImplementedError
 
     def parameter_vector(self):

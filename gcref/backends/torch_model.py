@@ -745,11 +745,13 @@ def _eval_mode(module, modules=None):
     # Where no module overrides train(), eval() only sets each flag, through a module's
     # __setattr__ (about 4 us each); writing the instance attribute itself does the same
     # in a fraction of it (measured: 48 us against 3 us per switch and restore for a
-    # five-layer Sequential). A module whose train() or eval() is its own (a subclass's
-    # method, or one set on the instance) is switched by eval().
-    plain = type(module).eval is torch.nn.Module.eval and "eval" not in module.__dict__ and all(
-        type(m).train is torch.nn.Module.train and "train" not in m.__dict__
-        and "training" in m.__dict__ for m in modules
+    # five-layer Sequential). A module whose train(), eval() or __setattr__ is its own (a
+    # subclass's method, or one set on the instance) is switched by eval().
+    Module = torch.nn.Module
+    plain = type(module).eval is Module.eval and "eval" not in module.__dict__ and all(
+        type(m).train is Module.train and "train" not in m.__dict__
+        and type(m).__setattr__ is Module.__setattr__ and "training" in m.__dict__
+        for m in modules
     )
     if training:
         if plain:
