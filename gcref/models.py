@@ -592,6 +592,18 @@ def loss_grad_sq_norms(
 # -- the loss, its gradient and its Hessian ------------------------------------------------
 
 
+def _added(total: Any, vector: Any) -> Any:
+    """``total + vector``, or ``vector`` itself for the first one (``total`` is ``None``):
+    no zero vector to add the first chunk to (a pass over every parameter)."""
+    return vector if total is None else total + vector
+
+
+def _or_zeros(adapter: ModelAdapter, total: Any) -> Any:
+    """``total``, or a new native zero vector where nothing was added: a process whose
+    shard (or mini-batch) is empty still takes part in the all-reduce."""
+    return adapter.to_native_vector(np.zeros(adapter.n_parameters())) if total is None else total
+
+
 def _loss_sum_and_grad(
     adapter: ModelAdapter, data: Data, loss: Loss, chunk_size: int, spec: DataSpec, what: str,
     penalty: bool = False, check: Callable[[Any, str], Any] | None = None,
@@ -601,16 +613,12 @@ def _loss_sum_and_grad(
     for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
                                       spec=spec, what=what, check=check):
         value, g = adapter.loss_grad_sum(X, targets, loss)
-        # The first chunk's vector is the sum so far (no zero vector to add it to).
-        total, grad, count = total + value, g if grad is None else grad + g, count + X.shape[0]
+        total, grad, count = total + value, _added(grad, g), count + X.shape[0]
         if penalty:
-            h = adapter.per_example_penalty_grad_sum(X, targets, loss)
-            hg = h if hg is None else hg + h
-    # A process whose shard is empty contributes zeros to the all-reduce (each its own vector).
-    if grad is None:
-        grad = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
-    if penalty and hg is None:
-        hg = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
+            hg = _added(hg, adapter.per_example_penalty_grad_sum(X, targets, loss))
+    grad = _or_zeros(adapter, grad)
+    if penalty:
+        hg = _or_zeros(adapter, hg)
     total, count = adapter.all_reduce_sum(np.array([total, count], dtype=np.float64))
     _check_count(count)
     grad = adapter.all_reduce_sum(grad)
@@ -827,20 +835,19 @@ def igr_terms(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    zero = adapter.to_native_vector(np.zeros(adapter.n_parameters()))
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
     check = _checked(adapter, chunk_size)
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
-        batch_grad, batch_count = zero, 0
+        batch_grad, batch_count = None, 0
         for X, targets in labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True,
                                           what="igr_terms", check=check):
             chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
-            batch_grad = batch_grad + chunk_grad
+            batch_grad = _added(batch_grad, chunk_grad)
             batch_count += X.shape[0]
-        batch_grad = adapter.all_reduce_sum(batch_grad)
+        batch_grad = adapter.all_reduce_sum(_or_zeros(adapter, batch_grad))
         batch_count = adapter.all_reduce_sum(np.array([batch_count], dtype=np.float64))[0]
         if batch_count == 0:
             raise ValueError(f"mini-batch {j} holds no example")

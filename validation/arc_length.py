@@ -67,6 +67,8 @@ FULL = {"width": 300, "hidden_layers": 3, "n_points": 10, "target_loss": 1e-4, "
         "lr": 0.1, "batch_size": 5, "snapshots": 16, "seeds": 10,
         "control_scale": 5.0, "control_lr": 2e-5, "control_steps": 64000}
 
+#: Runs that must reach the target for a set of runs to be judged (a standard error needs 2).
+MIN_REACHED = 2
 #: Points of the grid on which the spline's arc length is summed (relative error ~1e-9).
 SPLINE_GRID = 20001
 
@@ -144,8 +146,9 @@ def judged(records, seeds):
     the seeds that did not, and whether it holds."""
     not_reached = [s for s, r in zip(seeds, records) if not r["reached"]]
     records = [r for r in records if r["reached"]]
-    out = {"n_reached": len(records), "not_reached": not_reached}
-    if len(records) < 2:
+    out = {"n_reached": len(records), "not_reached": not_reached,
+           "judged": len(records) >= MIN_REACHED}
+    if not out["judged"]:
         return {**out, "no_longer_than_spline": False, "closer_than_at_init": False,
                 "rule_holds": False}
     stats = {key: summary([r[key] for r in records])
@@ -165,10 +168,10 @@ def judged(records, seeds):
 def rejected(control):
     """Whether the rule rejects the control runs (:func:`judged`'s record of them).
 
-    Only if at least 2 of them reached the target: a control that never produced an
-    interpolant has shown nothing, and does not count as rejected.
+    Only if they were judged (at least :data:`MIN_REACHED` reached the target): a control
+    that never produced an interpolant has shown nothing, and does not count as rejected.
     """
-    return control["n_reached"] >= 2 and not control["rule_holds"]
+    return control["judged"] and not control["rule_holds"]
 
 
 def run(settings, seed, context):
@@ -183,7 +186,6 @@ def run(settings, seed, context):
             lr=settings["control_lr"], n_steps=settings["control_steps"],
             progress=context.progress, label=f"control seed {s}"))
     measured = {name: judged(records, seeds) for name, records in runs.items()}
-    measured["control_judged"] = measured["control"]["n_reached"] >= 2
     measured["control_rejected"] = rejected(measured["control"])
     first = runs["default"][0]
     spline_mean = measured["default"].get("spline_excess", {}).get("mean")

@@ -748,10 +748,13 @@ def _eval_mode(module, modules=None):
     # five-layer Sequential). A module whose train(), eval() or __setattr__ is its own (a
     # subclass's method, or one set on the instance) is switched by eval().
     Module = torch.nn.Module
-    plain = type(module).eval is Module.eval and "eval" not in module.__dict__ and all(
-        type(m).train is Module.train and "train" not in m.__dict__
-        and type(m).__setattr__ is Module.__setattr__ and "training" in m.__dict__
-        for m in modules
+    # Scanned only when a flag must change (a model measured in eval mode skips it).
+    plain = (
+        bool(training)
+        and type(module).eval is Module.eval and "eval" not in module.__dict__
+        and all(type(m).train is Module.train and "train" not in m.__dict__
+                and type(m).__setattr__ is Module.__setattr__ and "training" in m.__dict__
+                for m in modules)
     )
     if training:
         if plain:
