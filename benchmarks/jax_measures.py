@@ -44,7 +44,11 @@ Timing: each method runs once to compile and warm up; then ``--repeats`` rounds,
 timing every method once in a shuffled order; the median time is printed with the median
 [quartiles] over the rounds of the ratio ``alternative / gcref`` taken within each round
 (above 1, gcref is faster), which cancels the drift of a shared CPU's speed between
-rounds. Compare ratios of one run, not times across runs. Compilation dominates short
+rounds, and an interval that covers that median with probability 0.95
+(``benchmarks/paired.py``; 6 rounds at least). The last lines judge gcref against the
+plain-JAX alternatives: slower only where the interval lies below 1; a median below 1
+whose interval contains 1 is named as not resolved. Compare ratios of one run, not times
+across runs. Compilation dominates short
 runs: XLA took 10 to 30 s per function for the ResNet-style network on the shared CPU
 here, so ``--quick`` measures the MLP only.
 
@@ -60,10 +64,14 @@ import random
 import time
 
 import numpy as np
+from paired import judged, median_interval
 
 LOSS = "softmax_cross_entropy"
 K = 10
 MEASURES = ("grad norms", "IGR terms", "exact GC", "1-probe GC", "HVP")
+#: The plain-JAX alternatives gcref is judged against (the other rows: gcref with
+#: norm_method="vmap" and the torch adapter).
+PLAIN = ("jit(vmap(grad))", "jit(vmap(jacrev))", "k jitted VJPs", "jitted VJP", "jit(jvp(grad))")
 NETS = ("mlp", "small_cnn", "resnet")
 
 
@@ -301,6 +309,11 @@ def time_methods(methods, repeats, rng):
 
 
 def run_net(name, args, torch, rng):
+    """Time every measure of network ``name``; returns the plain-JAX rows gcref is not ahead of.
+
+    Each returned entry is ``(text, verdict)``, ``verdict`` "slower" (the interval for the
+    median ratio lies below 1) or "level" (median below 1, interval containing 1).
+    """
 
     import gcref.models as gm
     from gcref.backends.jax_model import JaxModel
@@ -371,6 +384,7 @@ def run_net(name, args, torch, rng):
             ),
         },
     }
+    behind = []
     for measure in args.measures:
         methods = rows[measure]
         reference = methods["gcref"]()
@@ -383,12 +397,18 @@ def run_net(name, args, torch, rng):
                 continue
             ratios = np.asarray(seconds) / base
             q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+            low, high = median_interval(ratios)
             ok = diffs[method] <= args.check_rtol
             shown = (
-                f"{np.median(seconds) * 1e3:10.1f} ms  x{median:5.2f} [{q1:.2f},{q3:.2f}]"
+                f"{np.median(seconds) * 1e3:10.1f} ms  x{median:5.2f} [{q1:.2f},{q3:.2f}] "
+                f"95% {low:.3f}-{high:.3f}"
                 if ok else "DISAGREES"
             )
             print(f"{'':10s} {'':11s} {method:18s} {shown}   rel diff {diffs[method]:.1e}")
+            verdict = judged(ratios)
+            if ok and method in PLAIN and (verdict == "slower" or median < 1):
+                behind.append((f"{name} {measure} vs {method} ({median:.2f})", verdict))
+    return behind
 
 
 def main(argv=None):
@@ -423,8 +443,16 @@ def main(argv=None):
         f"{args.width}, float32, {args.repeats} rounds; ratio = alternative / gcref"
     )
     rng = np.random.default_rng(args.seed)
-    for name in args.nets:
-        run_net(name, args, torch, rng)
+    behind = [entry for name in args.nets for entry in run_net(name, args, torch, rng)]
+    slower = [text for text, verdict in behind if verdict == "slower"]
+    level = [text for text, verdict in behind if verdict != "slower"]
+    print("95%: an interval that covers the median ratio over the rounds with probability 0.95 "
+          "(benchmarks/paired.py; the whole range below 6 rounds)")
+    print("JAX adapter at least as fast as every plain-JAX alternative, within this run's "
+          "resolution: " + ("PASS" if not slower else "MISS, slower than " + "; ".join(slower)))
+    if level:
+        print("median below 1 but its interval contains 1 (not resolved by this run): "
+              + "; ".join(level))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,14 @@ reporting a speed):
   probe="sphere")`` (its time is compared with gcref's Gaussian 1-probe estimate, which
   costs the same).
 
-The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster.
+The ratio ``alternative time / gcref time`` is printed: above 1, gcref is faster. Each
+alternative timed on all N examples is also timed back to back with gcref's same measure
+(``paired``: the median [quartiles] of the pairs' ratios; at least 6 pairs, more until
+they last ``--pair-seconds``, at most ``--max-pairs``), with an interval that covers the
+median with probability 0.95 (``benchmarks/paired.py``). The verdict line calls gcref
+slower than an alternative only where that interval lies below 1, and names the
+alternatives whose median is below 1 but whose interval contains 1: one run cannot tell
+those apart from level.
 
 Timing: every method runs once on two chunks to warm up; then ``--repeats`` rounds (or
 more, until they have lasted ``--min-seconds``), each timing every method once in a
@@ -89,6 +96,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from paired import judged, median_interval
 
 K = 10
 GOALS = {"exact GC": 4.0, "1-probe GC": 1.0, "grad norms": 2.0, "HVP": None}
@@ -110,7 +118,7 @@ QUICK_SETTING = {"n": 32, "width": 2, "image_size": 8, "batch_size": 16, "loop_n
 MAX_ROUNDS = 25
 #: Back-to-back pairs (gcref, alternative) per alternative: at least PAIRS_MIN, more (at
 #: most PAIRS_MAX) until they last PAIR_SECONDS.
-PAIRS_MIN, PAIRS_MAX, PAIR_SECONDS = 5, 25, 4.0
+PAIRS_MIN, PAIRS_MAX, PAIR_SECONDS = 6, 25, 4.0
 
 
 @dataclass
@@ -710,7 +718,8 @@ def run_methods(methods, repeats, min_seconds, warm_n, device, rng, log):
         log(f"  round {r}/{rounds} done")
 
 
-def run_pairs(gcref, alternatives, device, rng, log):
+def run_pairs(gcref, alternatives, device, rng, log, max_pairs=PAIRS_MAX,
+              pair_seconds=PAIR_SECONDS):
     """Time each alternative and gcref's same measure back to back, in a random order.
 
     The speed of a shared virtual CPU drifts by tens of percent over seconds (measured
@@ -733,7 +742,7 @@ def run_pairs(gcref, alternatives, device, rng, log):
             i += 1
             if i == 1:
                 per_pair = time.perf_counter() - started
-                wanted = min(PAIRS_MAX, max(PAIRS_MIN, math.ceil(PAIR_SECONDS / per_pair)))
+                wanted = min(max_pairs, max(PAIRS_MIN, math.ceil(pair_seconds / per_pair)))
     log("  pairs done")
 
 
@@ -776,7 +785,8 @@ def benchmark_model(name, args, device, dtype, log):
     run_methods([baseline, *gcref.values(), *alternatives], args.repeats, args.min_seconds,
                 2 * chunk, device, np.random.default_rng(args.seed), log)
     check_agreement(gcref, alternatives, agreement_rtol(args))
-    run_pairs(gcref, alternatives, device, np.random.default_rng(args.seed + 2), log)
+    run_pairs(gcref, alternatives, device, np.random.default_rng(args.seed + 2), log,
+              max_pairs=args.max_pairs, pair_seconds=args.pair_seconds)
     report(baseline, gcref, alternatives, n, log)
     accuracy_against_float64(model, X, y, args, log)
     log(f"  ({time.perf_counter() - started:.0f} s for this model)")
@@ -808,20 +818,22 @@ def check_agreement(gcref, alternatives, rtol):
 
 def report(baseline, gcref, alternatives, n, log):
     log(f"  {'measure':<11}{'method':<33}{'timed on':>9}{'median s':>10}{'min-max s':>18}"
-        f"{'/ epoch':>9}  {'goal':<12}{'alt/gcref':>10}{'paired':>19}{'rel diff':>10}")
+        f"{'/ epoch':>9}  {'goal':<12}{'alt/gcref':>10}{'paired':>19}{'95% of median':>16}"
+        f"{'rel diff':>10}")
     if baseline.failure:
         log(f"  baseline {baseline.failure}: no ratios")
         return
     epoch = baseline.seconds(n)
 
-    def line(m, goal="", speed="", paired="", diff=""):
+    def line(m, goal="", speed="", paired="", interval="", diff=""):
         if m.failure:
             log(f"  {m.measure:<11}{m.label:<33}  {m.failure}")
             return
         timed_on = f"{m.n}" + ("*" if m.n < n else "")
         spread = "-".join(f"{t * n / m.n:.3g}" for t in (min(m.times), max(m.times)))
         log(f"  {m.measure:<11}{m.label:<33}{timed_on:>9}{m.seconds(n):>10.4g}{spread:>18}"
-            f"{m.seconds(n) / epoch:>9.2f}  {goal:<12}{speed:>10}{paired:>19}{diff:>10}")
+            f"{m.seconds(n) / epoch:>9.2f}  {goal:<12}{speed:>10}{paired:>19}{interval:>16}"
+            f"{diff:>10}")
 
     line(baseline)
     for measure, method in gcref.items():
@@ -831,29 +843,38 @@ def report(baseline, gcref, alternatives, n, log):
         verdict = "" if method.failure else (
             "PASS" if method.seconds(n) / epoch <= GOALS[measure] else "MISS")
         line(method, goal=f"<= {GOALS[measure]:g} {verdict}")
-    slower_than = []
+    slower_than, unresolved = [], []
     for alt in alternatives:
         if alt.failure:
             line(alt)
             continue
         speed = alt.seconds(n) / gcref[alt.measure].seconds(n)
-        paired = ""
+        paired = interval = ""
         if alt.ratios:
             q1, median, q3 = np.percentile(alt.ratios, [25, 50, 75])
+            low, high = median_interval(alt.ratios)
             paired = f"{median:.2f} [{q1:.2f},{q3:.2f}]"
-            speed_judged = median
-        else:
-            speed_judged = speed
-        if speed_judged < 1:
-            slower_than.append(f"{alt.label} ({alt.measure}, {speed_judged:.2f})")
-        line(alt, speed=f"{speed:.2f}", paired=paired, diff=f"{alt.rel_diff:.1e}")
+            interval = f"{low:.3f}-{high:.3f}"
+            verdict = judged(alt.ratios)
+            if verdict == "slower":
+                slower_than.append(f"{alt.label} ({alt.measure}, {median:.2f})")
+            elif verdict == "level" and median < 1:
+                unresolved.append(f"{alt.label} ({alt.measure}, {median:.2f})")
+        elif speed < 1:
+            slower_than.append(f"{alt.label} ({alt.measure}, {speed:.2f}, unpaired)")
+        line(alt, speed=f"{speed:.2f}", paired=paired, interval=interval,
+             diff=f"{alt.rel_diff:.1e}")
     log(f"  * timed on the first examples only, times extrapolated linearly to N = {n}")
     log("  / epoch: median time over the baseline's; alt/gcref: the alternative's median time "
         "over gcref's (above 1: gcref is faster); paired: the median [quartiles] of "
-        "alt/gcref over back-to-back pairs, which the verdict below judges where it exists; "
-        "rel diff: max |alt - gcref| / max |gcref|")
-    log("  gcref at least as fast as every alternative: "
+        "alt/gcref over back-to-back pairs; 95% of median: an interval that covers the "
+        "median of the paired ratios with probability 0.95 (benchmarks/paired.py), which the "
+        "verdict below judges where it exists; rel diff: max |alt - gcref| / max |gcref|")
+    log("  gcref at least as fast as every alternative, within this run's resolution: "
         + ("PASS" if not slower_than else "MISS, slower than " + "; ".join(slower_than)))
+    if unresolved:
+        log("  paired median below 1 but its interval contains 1 (not resolved by this run): "
+            + "; ".join(unresolved))
 
 
 def accuracy_against_float64(model, X, y, args, log):
@@ -922,7 +943,14 @@ def main(argv=None):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=None,
                             help=f"default {defaults[0]} (with --full: {defaults[1]})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-pairs", type=int, default=PAIRS_MAX,
+                        help=f"most back-to-back pairs per alternative (default {PAIRS_MAX})")
+    parser.add_argument("--pair-seconds", type=float, default=PAIR_SECONDS,
+                        help="pairs are added (up to --max-pairs) until they last this long "
+                        f"(default {PAIR_SECONDS:g})")
     args = parser.parse_args(argv)
+    if args.max_pairs < PAIRS_MIN:
+        parser.error(f"--max-pairs must be at least {PAIRS_MIN}")
     chosen = FULL_SETTING if args.full else QUICK_SETTING if args.quick else CPU_SETTING
     for key, value in chosen.items():
         if getattr(args, key) is None:

@@ -214,7 +214,7 @@ def _checked(
             adapter.check_input_derivatives(X, name)
         if pending and X.shape[0] >= 2:
             pending.clear()
-            key = (tuple(X.shape[1:]), str(X.dtype))
+            key = (tuple(X.shape[1:]), X.dtype)
             if cache is None or key not in cache:
                 _check_independent(adapter, X[: max(2, chunk_size)])
                 if cache is not None:
@@ -516,7 +516,7 @@ def estimate_geometric_complexity(
         stats = adapter.probe_sq_norms(X, probes)
         if probe == "sphere":
             stats = k * stats
-        total, count = total + float(np.sum(stats)), count + stats.shape[0]
+        total, count = total + float(stats.sum()), count + stats.shape[0]
         if n_probes > 1:
             sample_var += float(np.var(stats, axis=1, ddof=1).sum())
     total, var_sum, count = adapter.all_reduce_sum(

@@ -23,7 +23,13 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load(name):
-    """The benchmark script ``benchmarks/<name>.py`` as a module (the folder is no package)."""
+    """The benchmark script ``benchmarks/<name>.py`` as a module (the folder is no package).
+
+    The folder goes on ``sys.path``, as it is when a script runs, for the helpers the
+    scripts import (``paired``).
+    """
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -62,7 +68,48 @@ def test_model_measures_quick_runs_and_every_peer_agrees_with_gcref(capsys):
         (row,) = [line for line in rows if label in line]
         # A time with its ratio and relative difference, or the reason it has none.
         assert re.search(r"\d\.\de-\d\d$", row) or "skipped:" in row or "refuses" in row, row
-    assert "gcref at least as fast as every alternative:" in out
+    assert "gcref at least as fast as every alternative, within this run's resolution:" in out
+
+
+def test_median_interval_has_its_coverage_by_brute_force():
+    """The interval's rank d against the binomial probabilities summed by enumeration."""
+    import itertools
+
+    paired = load("paired")
+    for n in (6, 7, 10, 25):
+        low, high = paired.median_interval(list(range(n)))  # the ranks themselves
+        d = int(low) + 1
+        assert high == n - d
+        # P(the median lies outside [x_(d), x_(n+1-d)]) = 2 P(B <= d - 1): count the sign
+        # patterns of n draws with fewer than d draws below the median.
+        below = sum(1 for signs in itertools.product((0, 1), repeat=n) if sum(signs) < d)
+        assert 2 * below / 2**n <= 0.05
+        # One rank further in would break the level.
+        wider = sum(1 for signs in itertools.product((0, 1), repeat=n) if sum(signs) < d + 1)
+        assert 2 * wider / 2**n > 0.05
+    # Too few values for 95%: the whole range.
+    assert paired.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        paired.median_interval([])
+
+
+def test_judged_calls_gcref_slower_only_when_the_interval_lies_below_one():
+    paired = load("paired")
+    assert paired.judged([0.90, 0.92, 0.95, 0.93, 0.91, 0.94, 0.96, 0.97]) == "slower"
+    assert paired.judged([1.10, 1.02, 1.05, 1.03, 1.08, 1.04, 1.06, 1.01]) == "faster"
+    assert paired.judged([0.90, 1.10, 0.95, 1.05, 0.97, 1.02, 0.99, 1.01]) == "level"
+
+
+def test_jax_measures_quick_runs_and_every_alternative_agrees_with_gcref(capsys):
+    require_backend("jax")
+    require_backend("torch")
+    load("jax_measures").main(["--quick", "--measures", "grad norms", "1-probe GC"])
+    out = capsys.readouterr().out
+    assert "DISAGREES" not in out
+    for label in ("jit(vmap(grad))", "jitted VJP", "torch adapter", "gcref vmap"):
+        assert label in out
+    assert re.search(r"95% \d\.\d{3}-\d\.\d{3}", out)
+    assert "JAX adapter at least as fast as every plain-JAX alternative" in out
 
 
 def test_per_example_norms_quick_runs(capsys):

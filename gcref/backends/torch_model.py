@@ -7,6 +7,7 @@ the norm identities are in :mod:`gcref.backends.torch_layers`.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 import weakref
 
@@ -123,8 +124,10 @@ class TorchModel(ModelAdapter):
     def output_dim(self, X):
         # Keyed by the parameters' names and shapes too: a replaced head changes k.
         dims = _OUTPUT_DIMS.setdefault(self.module, {})
-        shapes = tuple((name, tuple(p.shape)) for name, p in self._tree().parameters)
-        key = (tuple(X.shape[1:]), str(X.dtype), shapes)
+        shapes = self._cached(
+            "shapes", lambda: tuple((name, tuple(p.shape)) for name, p in self._tree().parameters)
+        )
+        key = (tuple(X.shape[1:]), X.dtype, shapes)
         if key not in dims:
             dims[key] = super().output_dim(X)
         return dims[key]
@@ -260,7 +263,7 @@ class TorchModel(ModelAdapter):
         X = X.to(device=device, dtype=dtype)
         # The sum is finite for finite data unless it overflows: a scan 30x cheaper than
         # the element-wise one, which runs only when the sum is not finite.
-        if not bool(torch.isfinite(X.sum())) and not bool(torch.isfinite(X).all()):
+        if not math.isfinite(X.sum().item()) and not bool(torch.isfinite(X).all()):
             raise ValueError(f"X contains NaN or infinite values (in the module's dtype {dtype})")
         return X
 
