@@ -226,7 +226,10 @@ def gcref_methods(model, X, y, chunk_size, probe_seed):
             model, (X[:n], y[:n]), "softmax_cross_entropy", chunk_size=chunk_size
         ))
 
-    vector = hvp_vector(model, probe_seed).double().cpu().numpy()
+    # The vector as a torch user holds it, a tensor in the model's dtype and on its device
+    # (the alternatives get the same tensor); a NumPy float64 vector costs two more passes
+    # over p entries per call (measured: 5% of the MLP's HVP at N = 256 on the CPU).
+    vector = hvp_vector(model, probe_seed)
 
     def hvp(n):
         return models.loss_hvp(

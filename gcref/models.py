@@ -728,8 +728,12 @@ def loss_hvp(
 
     Parameters
     ----------
-    vector : ndarray, shape (p,)
-        In the order of :func:`parameter_vector`.
+    vector : ndarray or tensor, shape (p,)
+        In the order of :func:`parameter_vector`: a floating NumPy array (used in
+        float64 until it is cut into the parameters' dtypes), or, for a torch module, a
+        torch tensor on any device in any floating dtype, used as it is (a tensor in the
+        module's dtype and on its device is not copied through the host, which saves
+        two passes over p entries per call).
 
     Notes
     -----
@@ -742,27 +746,34 @@ def loss_hvp(
     adapter = wrap(model, params, backend)
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    p = adapter.n_parameters()
-    try:
-        vector = np.asarray(vector)
-    except ValueError as err:
-        raise ValueError(f"vector must be an array of shape ({p},): {err}") from None
-    if vector.shape != (p,):
-        raise ValueError(f"vector must have shape ({p},), one entry per parameter; got {vector.shape}")
-    # The sum is finite for finite entries unless it overflows: the element-wise scan runs
-    # only then (a pass fewer over p entries on every call).
-    if vector.dtype.kind != "f":
-        raise ValueError("vector must hold finite floating-point values")
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite_sum = np.isfinite(np.sum(vector))
-    if not finite_sum and not np.all(np.isfinite(vector)):
-        raise ValueError("vector must hold finite floating-point values")
-    native = adapter.to_native_vector(np.asarray(vector, dtype=np.float64))
+    native = adapter.as_native_vector(vector, "vector")
+    if native is None:
+        native = _checked_host_vector(adapter, vector, "vector")
     total, count = _hvp_sum(
         adapter, data, loss, native, chunk_size, spec, "loss_hvp", check=_checked(adapter, chunk_size)
     )
     # One pass: the division writes the new array.
     return np.asarray(adapter.to_numpy(total), dtype=np.float64) / count
+
+
+def _checked_host_vector(adapter: ModelAdapter, vector: ArrayLike, name: str) -> NativeArray:
+    """``vector`` through NumPy: checked ``(p,)``, floating and finite, as a native float64 vector."""
+    p = adapter.n_parameters()
+    try:
+        vector = np.asarray(vector)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} must be an array of shape ({p},): {err}") from None
+    if vector.shape != (p,):
+        raise ValueError(f"{name} must have shape ({p},), one entry per parameter; got {vector.shape}")
+    # The sum is finite for finite entries unless it overflows: the element-wise scan runs
+    # only then (a pass fewer over p entries on every call).
+    if vector.dtype.kind != "f":
+        raise ValueError(f"{name} must hold finite floating-point values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite_sum = np.isfinite(np.sum(vector))
+    if not finite_sum and not np.all(np.isfinite(vector)):
+        raise ValueError(f"{name} must hold finite floating-point values")
+    return adapter.to_native_vector(np.asarray(vector, dtype=np.float64))
 
 
 def parameter_vector(

@@ -444,6 +444,45 @@ def test_hvp_with_unused_and_frozen_parameters_equals_the_full_hessian():
 
 # -- data streaming ------------------------------------------------------------------------
 
+def test_hvp_takes_a_tensor_vector_as_it_is():
+    """A torch vector gives the numbers of the same vector passed as NumPy float64, to the
+    bit (both are cut into float32 pieces by one rounding), and one in the module's dtype
+    reaches the pieces without a copy."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(7, 4)).astype(np.float32), rng.integers(0, 3, size=7)
+    p = gm.parameter_vector(net).shape[0]
+    v = rng.normal(size=p)
+    host = gm.loss_hvp(net, (X, y), "softmax_cross_entropy", v, chunk_size=3)
+    for tensor in (torch.from_numpy(v).float(), torch.from_numpy(v),
+                   torch.from_numpy(v).float().requires_grad_(True)):
+        hv = gm.loss_hvp(net, (X, y), "softmax_cross_entropy", tensor, chunk_size=3)
+        np.testing.assert_array_equal(hv, host)
+    adapter = TorchModel(net)
+    tensor = torch.from_numpy(v).float()
+    assert adapter.as_native_vector(tensor, "vector").data_ptr() == tensor.data_ptr()
+    assert adapter.as_native_vector(v, "vector") is None  # NumPy: the host path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: torch.ones(p + 1), r"vector must have shape \(\d+,\)"),
+    (lambda p: torch.ones(p, 1), r"vector must have shape \(\d+,\)"),
+    (lambda p: torch.ones(p, dtype=torch.int64), "vector must hold finite floating-point"),
+    (lambda p: torch.ones(p).index_fill_(0, torch.tensor([2]), float("nan")),
+     "vector must hold finite"),
+    (lambda p: torch.ones(p).index_fill_(0, torch.tensor([0]), float("inf")),
+     "vector must hold finite"),
+])
+def test_a_bad_tensor_vector_is_refused(make, message):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(5, 4)).astype(np.float32), rng.integers(0, 3, size=5)
+    p = gm.parameter_vector(net).shape[0]
+    with pytest.raises(ValueError, match=message):
+        gm.loss_hvp(net, (X, y), "softmax_cross_entropy", make(p))
+
+
 
 def test_every_data_form_and_chunk_size_gives_the_same_numbers():
     model = small_cnn()

@@ -144,7 +144,10 @@ class ModelAdapter:
         return total, grad, sq_norms
 
     def loss_hvp_sum(self, X, targets, loss, vector):
-        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``; ``vector`` native float64 ``(p,)``.
+        """``sum_n H_n v`` with ``H_n`` the Hessian of ``l_n``; ``vector`` native ``(p,)``.
+
+        ``vector`` is :meth:`to_native_vector`'s float64 vector, or the array
+        :meth:`as_native_vector` kept (any floating dtype).
 
         Returns a native ``(p,)`` vector in float64 or the parameters' dtype, or any value
         that adds to another of its kind with ``+`` and that :meth:`to_numpy` and
@@ -166,6 +169,16 @@ class ModelAdapter:
     def n_parameters(self):
         """``p``, the number of parameters; the default flattens :meth:`parameter_vector`."""
         return int(self.parameter_vector().shape[0])
+
+    def as_native_vector(self, vector, name):
+        """``vector`` checked and kept as it is if it is already an array of the adapter's
+        framework (on its device, in its dtype), else ``None`` (the caller converts it
+        through NumPy).
+
+        Checked: shape ``(p,)``, a floating dtype, finite values (a ``ValueError`` naming
+        ``name`` otherwise). The default takes none: a NumPy array is the host's own.
+        """
+        return None
 
     def to_native_vector(self, vector):
         """A float64 NumPy ``(p,)`` vector as a native float64 vector on the model's device.

@@ -669,6 +669,24 @@ class TorchModel(ModelAdapter):
         params = [p for _, p in self._trainable()]
         return _flat64([p.detach() for p in params], params, self._torch).cpu().numpy()
 
+    def as_native_vector(self, vector, name):
+        torch = self._torch
+        if not isinstance(vector, torch.Tensor):
+            return None
+        p = self.n_parameters()
+        if tuple(vector.shape) != (p,):
+            raise ValueError(
+                f"{name} must have shape ({p},), one entry per parameter; got {tuple(vector.shape)}"
+            )
+        if not vector.is_floating_point():
+            raise ValueError(f"{name} must hold finite floating-point values; got {vector.dtype}")
+        # Kept in its own dtype (each piece is cast to its parameter's dtype once per call):
+        # a tensor in the model's dtype and on its device is used without a copy.
+        vector = vector.detach().to(device=self._placement()[0])
+        if not math.isfinite(vector.sum().item()) and not bool(torch.isfinite(vector).all()):
+            raise ValueError(f"{name} must hold finite floating-point values")
+        return vector
+
     def to_native_vector(self, vector):
         device, _ = self._placement()
         return self._torch.as_tensor(
