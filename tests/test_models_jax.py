@@ -539,3 +539,43 @@ def test_hvp_tangent_is_placed_once_per_call_and_again_after_an_in_place_change(
     assert_close(gm.loss_hvp(model, (X, y), "squared", v, chunk_size=2), -2.0 * first)
     assert len(placed) == 2
     assert model._session_tangent is None  # nothing held after the call
+
+
+def test_chunks_of_a_checked_batch_are_not_scanned_again(small_mlp, monkeypatch):
+    """Inside a measure call check_batch scans the whole batch for non-finite values once;
+    its chunks (views of it) skip the scan, while any other array is still scanned."""
+    import gcref.backends.jax_model as jm
+
+    apply, tree = small_mlp
+    rng = np.random.default_rng(31)
+    X = rng.normal(size=(9, 3))
+    model = JaxModel(apply, tree)
+    answers = []
+    inside = jm._inside
+    monkeypatch.setattr(jm, "_inside", lambda c, b: answers.append(inside(c, b)) or answers[-1])
+    whole = gm.geometric_complexity(model, X, chunk_size=4)  # 3 chunks
+    # Every chunk, and the first call's check for batch statistics on parts of the batch.
+    assert len(answers) >= 3 and all(answers)
+    assert model._session_batch is None  # nothing held after the call
+    assert_close(whole, gm.geometric_complexity(model, X, chunk_size=9))
+    # Outside a session, and for an array that is not a chunk of the batch, the scan runs.
+    bad = np.where(X > 1, np.nan, X)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        model.jacobian_sq_norms(bad, "reverse")
+    with model.session():
+        model.check_batch(X, "X")
+        with pytest.raises(ValueError, match="X contains NaN"):
+            model.jacobian_sq_norms(bad[:4], "reverse")
+        assert not answers[-1]
+
+
+def test_inside_reads_the_memory_of_a_block_of_rows():
+    import gcref.backends.jax_model as jm
+
+    batch = np.zeros((6, 4))
+    assert jm._inside(batch[2:5], batch) and jm._inside(batch, batch)
+    assert not jm._inside(np.zeros((2, 4)), batch)
+    assert not jm._inside(batch[:, :2], batch)  # not a block of rows: not C-contiguous
+    assert not jm._inside(batch[1:3].astype(np.float32), batch)
+    view = batch[1:5]
+    assert jm._inside(view[1:3], view) and not jm._inside(batch[4:6], view)

@@ -69,6 +69,19 @@ def _apply_checked(apply, params, X):
     return out
 
 
+def _inside(chunk, batch):
+    """Whether NumPy ``chunk``'s memory lies within ``batch``'s (``chunk`` a slice of it).
+
+    Both C-contiguous: a block of rows of a batch. Used to skip scanning a chunk again
+    for non-finite values after its whole batch was scanned.
+    """
+    if not (chunk.flags.c_contiguous and batch.flags.c_contiguous) or chunk.dtype != batch.dtype:
+        return False
+    start = chunk.__array_interface__["data"][0]
+    low = batch.__array_interface__["data"][0]
+    return low <= start and start + chunk.nbytes <= low + batch.nbytes
+
+
 def _leaf_sq_sums(tree):
     """``sum(leaf^2)`` for each leaf, in ``tree_leaves`` order: shape ``(T,)``."""
     import jax
@@ -508,6 +521,8 @@ class JaxModel(ModelAdapter):
         self.norm_method = norm_method
         self._tangent = (None, None)
         self._session_depth, self._session_tangent = 0, None
+        # The NumPy batch check_batch scanned inside the current session, if any.
+        self._session_batch = None
         self._jax = jax
         self._backend = get_backend("jax")
         self.apply = apply
@@ -558,6 +573,7 @@ class JaxModel(ModelAdapter):
             self._session_depth -= 1
             if not self._session_depth:
                 self._session_tangent = None
+                self._session_batch = None
 
     def independence_cache(self):
         key = (self.apply, self._treedef, self._shapes, self._state_structure)
@@ -570,9 +586,13 @@ class JaxModel(ModelAdapter):
 
     def check_batch(self, X, name):
         """Run the model on the batch's shapes only (no compilation): a wrong input shape is
-        named here, not in a trace deep inside JAX."""
+        named here, not in a trace deep inside JAX.
+
+        Returns the checked batch (a NumPy array stays the same object). Inside a session,
+        its chunks (views of it) are not scanned for non-finite values again.
+        """
         with self._backend.scope(self.dtype):
-            self._checked_batch(X)
+            checked = self._checked_batch(X)
         try:
             self.output_dim(X)
         except _OwnError:
@@ -582,7 +602,9 @@ class JaxModel(ModelAdapter):
                 f"{name}: apply(params, x) cannot be called on examples of shape "
                 f"{tuple(X.shape[1:])}: {err}"
             ) from err
-        return X
+        if self._session_depth and isinstance(checked, np.ndarray):
+            self._session_batch = checked
+        return checked
 
     def check_input_derivatives(self, X, name):
         dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
@@ -625,6 +647,8 @@ class JaxModel(ModelAdapter):
                 "mixed dtypes are not promoted: convert one of them"
             )
         if isinstance(X, np.ndarray):
+            if self._session_batch is not None and _inside(X, self._session_batch):
+                return X  # a chunk of the batch check_batch scanned in this session
             # The sum is finite for finite data unless it overflows: one pass without a
             # boolean array; the element-wise scan runs only when the sum is not finite.
             with np.errstate(over="ignore", invalid="ignore"):
