@@ -299,12 +299,28 @@ def _register_builtin_rules():
 # -- recording ------------------------------------------------------------------------------
 
 
+def compiled_module_class():
+    """torch's class of ``torch.compile``'d modules, or ``None`` if torch has not compiled any.
+
+    Read from ``sys.modules``: a model that no one compiled never imports the compiler.
+    """
+    import sys
+
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
+
+
 def rule_layers(module, trainable):
     """``{layer: rule}`` for the norm identities, or ``None`` when the model needs the fallback.
 
     Every module that directly holds a parameter of ``trainable`` (a list of ``(name,
-    parameter)``) must have a rule, and no parameter may be shared between modules.
+    parameter)``) must have a rule, and no parameter may be shared between modules. A
+    ``torch.compile``'d submodule sends the model to the fallback: the forward hooks that
+    record each layer's input are not honoured inside its compiled graph.
     """
+    compiled = compiled_module_class()
+    if compiled is not None and any(isinstance(m, compiled) for m in module.modules()):
+        return None
     wanted = {id(p) for _, p in trainable}
     owners = {}
     for m in module.modules():

@@ -14,7 +14,13 @@ import weakref
 import numpy as np
 
 from gcref.backends.adapter import ModelAdapter
-from gcref.backends.torch_layers import NORM_METHODS, compute_dtype, record_forward, rule_layers
+from gcref.backends.torch_layers import (
+    NORM_METHODS,
+    compiled_module_class,
+    compute_dtype,
+    record_forward,
+    rule_layers,
+)
 
 
 #: Forward mode pushes at most this many (example, tangent) pairs through one vmapped
@@ -98,6 +104,12 @@ class TorchModel(ModelAdapter):
     Any other module holding trainable parameters (or a layer called twice, a shared
     parameter) sends the whole model to the fallback: ``torch.func.vmap`` of the
     per-example gradient (or Jacobian) of the module called on one example.
+
+    **Compiled modules.** ``torch.compile(module)`` is measured as ``module`` itself, run
+    eagerly (same function, parameters and parameter names): through the compiled wrapper,
+    exact GC and the HVP failed inside torch and the per-example norms came out wrong. A
+    ``torch.compile``'d submodule is called compiled, and sends the per-example norms to
+    the fallback. ``module.compile()`` (compiled in place) is called as it is.
     """
 
     def __init__(self, module, *, norm_method="auto"):
@@ -108,6 +120,14 @@ class TorchModel(ModelAdapter):
         if norm_method not in NORM_METHODS:
             raise ValueError(f"unknown norm_method {norm_method!r}; expected one of {NORM_METHODS}")
         self._torch = torch
+        # A torch.compile'd module is measured as the module it compiles (eager): its
+        # compiled backward refuses the second passes of exact GC and the HVP, and the
+        # norm identities' forward hooks are not honoured inside the compiled graph (the
+        # norms came out wrong). The function, its parameters and their names are the
+        # original module's.
+        compiled = compiled_module_class()
+        while compiled is not None and isinstance(module, compiled):
+            module = module._orig_mod
         self.module = module
         self.norm_method = norm_method
         self._cache = None  # what a session found once: see session()
