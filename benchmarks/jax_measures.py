@@ -185,10 +185,16 @@ def build(name, torch, size, width, rng):
 
 
 def plain_jax(apply, params, chunk_iter):
-    """Jitted plain-JAX alternatives; each takes the data and returns NumPy results."""
+    """Jitted plain-JAX alternatives; each takes the data and returns NumPy results.
+
+    The parameters are placed on the device once, as a JAX user holds them (the adapter
+    places its own once too); left as NumPy arrays, every call would copy them again.
+    """
     import jax
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
+
+    params = jax.device_put(params)
 
     def ce(f, label):
         return jax.nn.logsumexp(f) - f[label]
@@ -255,6 +261,8 @@ def plain_jax(apply, params, chunk_iter):
         return np.array([loss_sum / n, float(full @ full) / n**2, np.mean(mini), per / n])
 
     def hvp(tangent, count):
+        tangent = jax.device_put(tangent)  # once, like the parameters
+
         def run():
             total = sum(
                 np.asarray(jvp_grad(params, X, y, tangent), dtype=np.float64)
