@@ -693,7 +693,7 @@ class JaxModel(ModelAdapter):
         with self._backend.scope(self.dtype):
             X = self._checked_batch(X)
             n = X.shape[0]
-            signature = (tuple(X.shape[1:]), str(X.dtype), self._treedef, self._shapes,
+            signature = (tuple(X.shape[1:]), X.dtype, self._treedef, self._shapes,
                          self._state_structure, self.dtype, self.shard)
             n_pad = primitive.padded_size(signature, n, self._n_devices)
             arrays = [self._place(X, n_pad)]
@@ -748,7 +748,7 @@ class JaxModel(ModelAdapter):
         # Shapes only (checked as in every primitive): compiles nothing, unlike running
         # the model on one example.
         jax = self._jax
-        key = (self.apply, tuple(X.shape[1:]), str(X.dtype), self.dtype, self._treedef,
+        key = (self.apply, tuple(X.shape[1:]), X.dtype, self.dtype, self._treedef,
                self._shapes, self._state_structure)
         if key not in _OUTPUT_DIMS:
             with self._backend.scope(self.dtype):
