@@ -64,7 +64,7 @@ import random
 import time
 
 import numpy as np
-from paired import judged, median_interval
+from paired import enough, judged, median_interval
 
 LOSS = "softmax_cross_entropy"
 K = 10
@@ -409,7 +409,7 @@ def run_net(name, args, torch, rng):
             ok = diffs[method] <= args.check_rtol
             shown = (
                 f"{np.median(seconds) * 1e3:10.1f} ms  x{median:5.2f} [{q1:.2f},{q3:.2f}] "
-                f"95% {low:.3f}-{high:.3f}"
+                f"{'95%' if enough(len(ratios)) else 'range'} {low:.3f}-{high:.3f}"
                 if ok else "DISAGREES"
             )
             print(f"{'':10s} {'':11s} {method:18s} {shown}   rel diff {diffs[method]:.1e}")
@@ -425,7 +425,8 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=128, help="chunk size")
     parser.add_argument("--size", type=int, default=16, help="image side S")
     parser.add_argument("--width", type=int, default=8, help="channels of the first layer")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed rounds (at least 6 for the 95%% interval; default 7)")
     parser.add_argument("--nets", nargs="+", choices=NETS, default=list(NETS))
     parser.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES))
     parser.add_argument("--check-rtol", type=float, default=1e-3)
@@ -455,7 +456,8 @@ def main(argv=None):
     slower = [text for text, verdict in behind if verdict == "slower"]
     level = [text for text, verdict in behind if verdict != "slower"]
     print("95%: an interval that covers the median ratio over the rounds with probability 0.95 "
-          "(benchmarks/paired.py; the whole range below 6 rounds)")
+          "(benchmarks/paired.py); with fewer than 6 rounds the range of the ratios, and no "
+          "verdict of faster or slower")
     print("JAX adapter at least as fast as every plain-JAX alternative, within this run's "
           "resolution: " + ("PASS" if not slower else "MISS, slower than " + "; ".join(slower)))
     if level:

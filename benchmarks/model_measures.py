@@ -954,6 +954,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_pairs < PAIRS_MIN:
         parser.error(f"--max-pairs must be at least {PAIRS_MIN}")
+    if not (math.isfinite(args.pair_seconds) and args.pair_seconds >= 0):
+        parser.error(f"--pair-seconds must be a number of seconds >= 0; got {args.pair_seconds}")
     chosen = FULL_SETTING if args.full else QUICK_SETTING if args.quick else CPU_SETTING
     for key, value in chosen.items():
         if getattr(args, key) is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["median_interval", "judged"]
+__all__ = ["enough", "judged", "median_interval"]
 
 
 def median_interval(values, level=0.95):
@@ -28,6 +28,8 @@ def median_interval(values, level=0.95):
     n = len(x)
     if n == 0:
         raise ValueError("median_interval needs at least one value")
+    if not all(math.isfinite(v) for v in x):
+        raise ValueError("median_interval: values must be finite ratios (a NaN cannot be ordered)")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1); got {level}")
     alpha = (1 - level) / 2
@@ -43,14 +45,23 @@ def median_interval(values, level=0.95):
     return x[d - 1], x[n - d]
 
 
+def enough(n, level=0.95):
+    """Whether n values give :func:`median_interval` its coverage ``level``."""
+    return n >= 1 and 2 * 0.5**n <= 1 - level
+
+
 def judged(values, level=0.95):
     """``"faster"``, ``"slower"`` or ``"level"``: gcref against the alternative.
 
     ``values`` are ``time(alternative) / time(gcref)``: "faster" (gcref) when the
     interval for their median lies above 1, "slower" when it lies below 1, "level" when
-    it contains 1 (the run cannot tell the two apart).
+    it contains 1 or when there are too few values for the level (the run cannot tell
+    the two apart).
     """
+    values = list(values)
     low, high = median_interval(values, level)
+    if not enough(len(values), level):
+        return "level"
     if low > 1:
         return "faster"
     if high < 1:

@@ -569,6 +569,21 @@ def test_chunks_of_a_checked_batch_are_not_scanned_again(small_mlp, monkeypatch)
         assert not answers[-1]
 
 
+def test_a_batch_refilled_in_place_is_scanned_again(small_mlp):
+    """A loader that refills one buffer yields batches in the same memory: each must be
+    scanned (found by review: the second batch's NaN went through and GC was NaN)."""
+    apply, tree = small_mlp
+    buffer = np.random.default_rng(32).normal(size=(6, 3))
+
+    def refilled():
+        yield buffer
+        buffer[1, 1] = np.nan
+        yield buffer
+
+    with pytest.raises(ValueError, match="data batch 1.*NaN|NaN"):
+        gm.geometric_complexity(apply, refilled(), params=tree, chunk_size=4)
+
+
 def test_inside_reads_the_memory_of_a_block_of_rows():
     import gcref.backends.jax_model as jm
 

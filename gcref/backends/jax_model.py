@@ -588,9 +588,14 @@ class JaxModel(ModelAdapter):
         """Run the model on the batch's shapes only (no compilation): a wrong input shape is
         named here, not in a trace deep inside JAX.
 
-        Returns the checked batch (a NumPy array stays the same object). Inside a session,
-        its chunks (views of it) are not scanned for non-finite values again.
+        Returns the checked batch (a NumPy array stays the same object). Every batch is
+        scanned for non-finite values; inside a session, arrays lying in its memory (the
+        chunks gcref.models cuts from it next) are not scanned again until the next batch
+        is checked.
         """
+        # Forget the last batch first: a loader may refill one buffer in place, and the
+        # new batch must be scanned although it lies in the old one's memory.
+        self._session_batch = None
         with self._backend.scope(self.dtype):
             checked = self._checked_batch(X)
         try:

@@ -678,7 +678,9 @@ class TorchModel(ModelAdapter):
             split = torch.split(vector, [p.numel() for p in params])
             return [v.reshape(p.shape).to(p.dtype) for v, p in zip(split, params)]
 
-        return self._cached(("tangent", vector.data_ptr(), vector._version), pieces)
+        return self._cached(
+            ("tangent", vector.data_ptr(), vector._version, vector.dtype, vector.device), pieces
+        )
 
     # -- vectors and processes -------------------------------------------------------------
 
