@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import numpy as np
 
-from gcref._checks import check_finite_scalar, check_rng
+from gcref._checks import all_finite, check_finite_scalar, check_rng
 from gcref.backends.adapter import ModelAdapter
 from gcref.data import DataSpec, chunks, labelled_chunks, minibatches, reiterable
 from gcref.losses import get_loss
@@ -765,13 +765,7 @@ def _checked_host_vector(adapter: ModelAdapter, vector: ArrayLike, name: str) ->
         raise ValueError(f"{name} must be an array of shape ({p},): {err}") from None
     if vector.shape != (p,):
         raise ValueError(f"{name} must have shape ({p},), one entry per parameter; got {vector.shape}")
-    # The sum is finite for finite entries unless it overflows: the element-wise scan runs
-    # only then (a pass fewer over p entries on every call).
-    if vector.dtype.kind != "f":
-        raise ValueError(f"{name} must hold finite floating-point values")
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite_sum = np.isfinite(np.sum(vector))
-    if not finite_sum and not np.all(np.isfinite(vector)):
+    if vector.dtype.kind != "f" or not all_finite(vector):
         raise ValueError(f"{name} must hold finite floating-point values")
     return adapter.to_native_vector(np.asarray(vector, dtype=np.float64))
 

@@ -614,3 +614,25 @@ def test_mlp_only_measures_refuse_a_torch_module_and_point_to_gcref_models():
     for name, call in calls.items():
         with pytest.raises(TypeError, match="mlp must be a gcref.MLP; got Sequential.*gcref.models"):
             call()
+
+
+# --- the one-pass finiteness check ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_all_finite_finds_every_non_finite_entry_and_passes_an_overflowing_sum(dtype):
+    from gcref._checks import all_finite
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5, 3)).astype(dtype)
+    assert all_finite(x) and all_finite(x[:, ::2]) and all_finite(x[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for index in ((0, 0, 0), (6, 4, 2), (3, 1, 1)):
+            y = x.copy()
+            y[index] = bad
+            assert not all_finite(y) and not all_finite(y[:, ::2] if index[1] % 2 == 0 else y)
+    # Finite entries whose sum overflows: the element-wise scan decides.
+    huge = np.full((4, 3), np.finfo(dtype).max, dtype=dtype)
+    assert all_finite(huge)
+    both = np.array([np.inf, -np.inf], dtype=dtype)  # a NaN sum, not an infinite one
+    assert not all_finite(both)

@@ -9,6 +9,8 @@ import contextlib
 
 import numpy as np
 
+from gcref._checks import all_finite
+
 from gcref.backends.adapter import ModelAdapter
 
 # -- users' own models ---------------------------------------------------------------------
@@ -654,10 +656,7 @@ class JaxModel(ModelAdapter):
         if isinstance(X, np.ndarray):
             if self._session_batch is not None and _inside(X, self._session_batch):
                 return X  # a chunk of the batch check_batch scanned in this session
-            # The sum is finite for finite data unless it overflows: one pass without a
-            # boolean array; the element-wise scan runs only when the sum is not finite.
-            with np.errstate(over="ignore", invalid="ignore"):
-                finite = np.isfinite(np.sum(X)) or np.all(np.isfinite(X))
+            finite = all_finite(X)
         else:
             finite = jnp.all(jnp.isfinite(X))
         if not bool(finite):
