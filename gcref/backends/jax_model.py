@@ -10,7 +10,6 @@ import contextlib
 import numpy as np
 
 from gcref._checks import all_finite
-
 from gcref.backends.adapter import ModelAdapter
 
 # -- users' own models ---------------------------------------------------------------------
