@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from gcref.backends.adapter import ModelAdapter
     from gcref.losses import Loss
 
-__all__ = ["DataSpec", "batches", "chunks", "labelled_chunks", "minibatches", "to_numpy"]
+__all__ = [
+    "DataSpec", "batches", "chunk_ends", "chunks", "labelled_chunk_ends", "labelled_chunks",
+    "minibatches", "to_numpy",
+]
 
 
 def is_array(x: object) -> bool:
@@ -187,6 +190,21 @@ def chunks(
     by the data itself (a loader failing part-way) propagates: no partial value is ever
     returned as complete.
     """
+    for X, y, _ in chunk_ends(data, chunk_size, need_targets=need_targets,
+                              allow_empty=allow_empty, spec=spec, what=what, check=check):
+        yield X, y
+
+
+def chunk_ends(
+    data: Data, chunk_size: int, *, need_targets: bool, allow_empty: bool = False,
+    spec: DataSpec = DEFAULT, what: str = "measure", check: Callable[[Any, str], Any] | None = None,
+) -> Iterator[tuple[NativeArray, NativeArray | None, bool]]:
+    """:func:`chunks` as ``(X, y, last)``: ``last`` is true for the last chunk of a batch.
+
+    A caller that keeps a chunk in use while it reads the next one must finish with
+    the last chunk of a batch before reading on: a loader may refill the batch's memory
+    in place for the next batch.
+    """
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     seen = False
     with Progress(what, spec.progress) as progress:
@@ -202,10 +220,12 @@ def chunks(
                     "data must carry labels for this measure: pass (X, y), batches of (X, y), "
                     "or dict batches with target_key="
                 )
-            for start in range(0, X.shape[0], chunk_size):
+            n = X.shape[0]
+            for start in range(0, n, chunk_size):
                 seen = True
                 X_chunk = X[start : start + chunk_size]
-                yield X_chunk, None if y is None else y[start : start + chunk_size]
+                y_chunk = None if y is None else y[start : start + chunk_size]
+                yield X_chunk, y_chunk, start + chunk_size >= n
                 progress.advance(X_chunk.shape[0])
     if not seen and not allow_empty:
         raise ValueError("data holds no example: the measure is a mean over at least one example")
@@ -222,8 +242,19 @@ def labelled_chunks(
     Float targets of any float dtype are accepted (regression targets, soft labels);
     they are compared and accumulated in float64.
     """
+    for X, targets, _ in labelled_chunk_ends(adapter, data, loss, chunk_size,
+                                             allow_empty=allow_empty, spec=spec, what=what,
+                                             check=check):
+        yield X, targets
+
+
+def labelled_chunk_ends(
+    adapter: ModelAdapter, data: Data, loss: Loss, chunk_size: int, *, allow_empty: bool = False,
+    spec: DataSpec = DEFAULT, what: str = "measure", check: Callable[[Any, str], Any] | None = None,
+) -> Iterator[tuple[NativeArray, NDArray[np.float64], bool]]:
+    """:func:`labelled_chunks` as ``(X, targets, last)``, ``last`` as in :func:`chunk_ends`."""
     k = None
-    for X, y in chunks(
+    for X, y, last in chunk_ends(
         data, chunk_size, need_targets=True, allow_empty=allow_empty, spec=spec, what=what,
         check=adapter.check_batch if check is None else check,
     ):
@@ -232,7 +263,7 @@ def labelled_chunks(
         y = to_numpy(y)
         if y.dtype.kind == "f":
             y = y.astype(np.float64)
-        yield X, loss.prepare_targets(y, X.shape[0], k, np.float64)
+        yield X, loss.prepare_targets(y, X.shape[0], k, np.float64), last
 
 
 def minibatches(data: Data, batch_size: int | None, spec: DataSpec = DEFAULT) -> Iterable[Any]:

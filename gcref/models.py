@@ -53,13 +53,20 @@ import numpy as np
 
 from gcref._checks import all_finite, check_finite_scalar, check_rng
 from gcref.backends.adapter import ModelAdapter
-from gcref.data import DataSpec, chunks, labelled_chunks, minibatches, reiterable
+from gcref.data import (
+    DataSpec,
+    chunk_ends,
+    labelled_chunk_ends,
+    labelled_chunks,
+    minibatches,
+    reiterable,
+)
 from gcref.losses import get_loss
 from gcref.mlp import MLP
 from gcref.results import Complexity, ComplexityEstimate, GradNorms, IGRTerms
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from numpy.typing import ArrayLike, NDArray
 
@@ -67,6 +74,7 @@ if TYPE_CHECKING:
     from gcref.losses import Loss
 
     F = TypeVar("F", bound=Callable[..., Any])
+    T = TypeVar("T")
 
 __all__ = [
     "IGRTerms",
@@ -224,6 +232,29 @@ def _checked(
     return check
 
 
+def _one_ahead(
+    pieces: Iterable[tuple[Any, ...]], begin: Callable[..., Callable[[], T]]
+) -> Iterator[T]:
+    """``begin(*args)()`` for each piece ``(*args, last)``, completed one chunk late in a batch.
+
+    ``begin`` starts a chunk's work (:meth:`ModelAdapter.begin`) and returns a function
+    that completes it. The next chunk of a batch is begun before this one is completed,
+    so an adapter that computes asynchronously prepares one chunk while the other
+    computes; the last chunk of a batch (``last``) is completed before the next batch is
+    read, since a loader may refill the batch's memory in place. Results come in order.
+    """
+    pending = None
+    for *args, last in pieces:
+        started = begin(*args)
+        if pending is not None:
+            yield pending()
+        pending = None
+        if last:
+            yield started()
+        else:
+            pending = started
+
+
 def _check_independent(adapter: ModelAdapter, X: NativeArray) -> None:
     whole = adapter.outputs(X)
     half = X.shape[0] // 2
@@ -374,16 +405,21 @@ def geometric_complexity(
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
     # Per-example values are kept only when asked for: memory stays one chunk's otherwise.
-    values, total, count, k = _Rows("geometric_complexity"), 0.0, 0, None
-    for X, _ in chunks(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
-                       what="geometric_complexity",
-                       check=_checked(adapter, chunk_size, wrt_input=True)):
-        if k is None:
-            k = adapter.output_dim(X)
+    values, total, count = _Rows("geometric_complexity"), 0.0, 0
+    ks: list[int] = []  # k, learnt from the first chunk
+
+    def begin(X: NativeArray, _: Any) -> Callable[[], NDArray[np.float64]]:
+        if not ks:
+            ks.append(adapter.output_dim(X))
         chosen = mode
         if mode == "auto":
-            chosen = "forward" if adapter.input_features(X) < k else "reverse"
-        sq_norms = adapter.jacobian_sq_norms(X, chosen)
+            chosen = "forward" if adapter.input_features(X) < ks[0] else "reverse"
+        return adapter.begin("jacobian_sq_norms", X, chosen)
+
+    pieces = chunk_ends(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
+                        what="geometric_complexity",
+                        check=_checked(adapter, chunk_size, wrt_input=True))
+    for sq_norms in _one_ahead(pieces, begin):
         total, count = total + float(np.sum(sq_norms)), count + sq_norms.size
         if per_example:
             values.add(sq_norms)
@@ -505,17 +541,22 @@ def estimate_geometric_complexity(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
-    total, sample_var, count, k = 0.0, 0.0, 0, None
+    total, sample_var, count = 0.0, 0.0, 0
+    ks: list[int] = []  # k, learnt from the first chunk
     per_chunk = max(1, chunk_size // n_probes)
-    for X, _ in chunks(data, per_chunk, need_targets=False,
-                       allow_empty=True, spec=spec, what="estimate_geometric_complexity",
-                       check=_checked(adapter, per_chunk, wrt_input=True)):
-        if k is None:
-            k = adapter.output_dim(X)
-        probes = draw_probes(rng, probe, (X.shape[0], n_probes, k))
-        stats = adapter.probe_sq_norms(X, probes)
+
+    def begin(X: NativeArray, _: Any) -> Callable[[], NDArray[np.float64]]:
+        if not ks:
+            ks.append(adapter.output_dim(X))
+        probes = draw_probes(rng, probe, (X.shape[0], n_probes, ks[0]))
+        return adapter.begin("probe_sq_norms", X, probes)
+
+    pieces = chunk_ends(data, per_chunk, need_targets=False, allow_empty=True, spec=spec,
+                        what="estimate_geometric_complexity",
+                        check=_checked(adapter, per_chunk, wrt_input=True))
+    for stats in _one_ahead(pieces, begin):
         if probe == "sphere":
-            stats = k * stats
+            stats = ks[0] * stats
         total, count = total + float(stats.sum()), count + stats.shape[0]
         if n_probes > 1:
             sample_var += float(np.var(stats, axis=1, ddof=1).sum())
@@ -558,9 +599,10 @@ def output_grad_sq_norms(
     adapter = wrap(model, params, backend)
     spec = _spec(input_key, target_key, batch_fn, progress)
     rows = _Rows("output_grad_sq_norms")
-    for X, _ in chunks(data, chunk_size, need_targets=False, spec=spec,
-                       what="output_grad_sq_norms", check=_checked(adapter, chunk_size)):
-        rows.add(adapter.output_grad_sq_norms(X))
+    pieces = chunk_ends(data, chunk_size, need_targets=False, spec=spec,
+                        what="output_grad_sq_norms", check=_checked(adapter, chunk_size))
+    for sq_norms in _one_ahead(pieces, lambda X, _: adapter.begin("output_grad_sq_norms", X)):
+        rows.add(sq_norms)
     settings = _settings(adapter, spec, chunk_size=chunk_size)
     return GradNorms(rows.array(), adapter.parameter_names(), settings)
 
@@ -582,9 +624,12 @@ def loss_grad_sq_norms(
     loss = get_loss(loss)
     spec = _spec(input_key, target_key, batch_fn, progress)
     rows = _Rows("loss_grad_sq_norms")
-    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, spec=spec,
-                                      what="loss_grad_sq_norms", check=_checked(adapter, chunk_size)):
-        rows.add(adapter.loss_grad_sq_norms(X, targets, loss)[1])
+    pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, spec=spec,
+                                 what="loss_grad_sq_norms", check=_checked(adapter, chunk_size))
+    for _, sq_norms in _one_ahead(
+        pieces, lambda X, targets: adapter.begin("loss_grad_sq_norms", X, targets, loss)
+    ):
+        rows.add(sq_norms)
     settings = _settings(adapter, spec, chunk_size=chunk_size, loss=loss)
     return GradNorms(rows.array(), adapter.parameter_names(), settings)
 
@@ -610,12 +655,21 @@ def _loss_sum_and_grad(
 ) -> tuple[Any, ...]:
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
     total, grad, hg, count = 0.0, None, None, 0
-    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what=what, check=check):
-        value, g = adapter.loss_grad_sum(X, targets, loss)
-        total, grad, count = total + value, _added(grad, g), count + X.shape[0]
+
+    def begin(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, Any, int]]:
+        grad_done = adapter.begin("loss_grad_sum", X, targets, loss)
+        hg_done = (
+            adapter.begin("per_example_penalty_grad_sum", X, targets, loss) if penalty else None
+        )
+        n = X.shape[0]
+        return lambda: (grad_done(), None if hg_done is None else hg_done(), n)
+
+    pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
+                                 what=what, check=check)
+    for (value, g), chunk_hg, n in _one_ahead(pieces, begin):
+        total, grad, count = total + value, _added(grad, g), count + n
         if penalty:
-            hg = _added(hg, adapter.per_example_penalty_grad_sum(X, targets, loss))
+            hg = _added(hg, chunk_hg)
     grad = _or_zeros(adapter, grad)
     if penalty:
         hg = _or_zeros(adapter, hg)
@@ -665,10 +719,16 @@ def _hvp_sum(
 ) -> tuple[NativeArray, float]:
     """``(sum_n H_n v, N)`` all-reduced."""
     partial, count = _PairwiseSum(), 0
-    for X, targets in labelled_chunks(adapter, data, loss, chunk_size, allow_empty=True,
-                                      spec=spec, what=what, check=check):
-        partial.add(adapter.loss_hvp_sum(X, targets, loss, native_vector))
-        count += X.shape[0]
+
+    def begin(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
+        done, n = adapter.begin("loss_hvp_sum", X, targets, loss, native_vector), X.shape[0]
+        return lambda: (done(), n)
+
+    pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
+                                 what=what, check=check)
+    for hv, n in _one_ahead(pieces, begin):
+        partial.add(hv)
+        count += n
     total = adapter.all_reduce_sum(adapter.to_native_vector(partial.total(adapter, native_vector)))
     count = adapter.all_reduce_sum(np.array([count], dtype=np.float64))[0]
     _check_count(count)
@@ -843,15 +903,21 @@ def igr_terms(
     total_grad = None
     batch_sq_norms, loss_sum, per_example_sum, n_total = [], 0.0, 0.0, 0
     check = _checked(adapter, chunk_size)
+
+    def begin_igr(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
+        done = adapter.begin("loss_grad_sum_and_sq_norms", X, targets, loss)
+        n = X.shape[0]
+        return lambda: (done(), n)
+
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         batch_grad, batch_count = None, 0
-        for X, targets in labelled_chunks(adapter, batch, loss, chunk_size, allow_empty=True,
-                                          what="igr_terms", check=check):
-            chunk_loss, chunk_grad, sq = adapter.loss_grad_sum_and_sq_norms(X, targets, loss)
+        pieces = labelled_chunk_ends(adapter, batch, loss, chunk_size, allow_empty=True,
+                                     what="igr_terms", check=check)
+        for (chunk_loss, chunk_grad, sq), n in _one_ahead(pieces, begin_igr):
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
             batch_grad = _added(batch_grad, chunk_grad)
-            batch_count += X.shape[0]
+            batch_count += n
         batch_grad = adapter.all_reduce_sum(_or_zeros(adapter, batch_grad))
         batch_count = adapter.all_reduce_sum(np.array([batch_count], dtype=np.float64))[0]
         if batch_count == 0:
@@ -938,6 +1004,12 @@ def _sgd_parts(
 ) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Per mini-batch: ``(sum l, sum grad l, n_j, [H_j grad L_j])``, all-reduced."""
     check = _checked(adapter, chunk_size)
+
+    def begin_igr(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
+        done = adapter.begin("loss_grad_sum_and_sq_norms", X, targets, loss)
+        n = X.shape[0]
+        return lambda: (done(), n)
+
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         total, grad, count = _loss_sum_and_grad(
             adapter, batch, loss, chunk_size, DataSpec(), "modified_loss_sgd", check=check

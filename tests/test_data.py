@@ -377,3 +377,76 @@ def test_a_dataloader_that_fails_part_way_propagates_its_error():
 
     with pytest.raises(OSError, match="cannot read example 4"):
         loss(DataLoader(FailingDataset(), batch_size=BATCH))
+
+
+# -- one chunk ahead within a batch (issue 17) -------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [[5], [3, 4], [1, 1, 2], [6, 0, 2]])
+def test_chunk_ends_marks_the_last_chunk_of_each_batch(sizes):
+    from gcref.data import chunk_ends, chunks
+
+    rng = np.random.default_rng(40)
+    batches = [rng.normal(size=(n, 2)) for n in sizes]
+    got = list(chunk_ends(batches, 2, need_targets=False))
+    want_last = [s + 2 >= n for n in sizes for s in range(0, n, 2)]
+    assert [last for _, _, last in got] == want_last
+    np.testing.assert_array_equal(np.concatenate([X for X, _, _ in got]), np.concatenate(batches))
+    assert [X.shape for X, _ in chunks(batches, 2, need_targets=False)] == [
+        X.shape for X, _, _ in got
+    ]
+
+
+def test_one_ahead_begins_the_next_chunk_first_and_drains_each_batch():
+    """Chunk j+1 of a batch is begun before chunk j is completed; the last chunk of a
+    batch is completed before the next batch is read (a loader may refill its memory)."""
+    log = []
+
+    def pieces():
+        for j, last in enumerate([False, False, True, False, True]):
+            log.append(f"read {j}")
+            yield j, last
+
+    def begin(j):
+        log.append(f"begin {j}")
+        return lambda: log.append(f"complete {j}") or 10 * j
+
+    assert list(models._one_ahead(pieces(), begin)) == [0, 10, 20, 30, 40]
+    assert log == [
+        "read 0", "begin 0", "read 1", "begin 1", "complete 0", "read 2", "begin 2",
+        "complete 1", "complete 2", "read 3", "begin 3", "read 4", "begin 4", "complete 3",
+        "complete 4",
+    ]
+
+
+def _jax_apply():
+    require_backend("jax")
+    from gcref.nets.jax import mlp_apply_from_gcref
+
+    apply, tree = mlp_apply_from_gcref(MLP, PARAMS)
+    return apply, {"params": tree}
+
+
+@pytest.mark.parametrize("model_kind", ["mlp-numpy", "torch-module", "jax-apply"])
+def test_a_loader_refilling_one_buffer_gives_the_values_of_copies(model_kind):
+    """Each batch lies in the memory of the last, overwritten by the loader: the results
+    equal those of the batches as separate arrays (chunks are begun one ahead only within
+    a batch)."""
+    model, kw = _jax_apply() if model_kind == "jax-apply" else MODELS[model_kind]()
+    inputs, labels = np.empty((BATCH, D)), np.empty((BATCH, K))
+
+    def refilled():
+        for s in SLICES:
+            n = len(X[s])
+            inputs[:n], labels[:n] = X[s], Y[s]
+            yield inputs[:n], labels[:n]
+
+    copies = [(X[s].copy(), Y[s].copy()) for s in SLICES]
+    for measure in (
+        lambda data: models.geometric_complexity(model, data, per_example=True, chunk_size=2,
+                                                 **kw).per_example,
+        lambda data: models.loss_grad_sq_norms(model, data, "squared", chunk_size=2, **kw).total,
+        lambda data: models.loss_hvp(model, data, "squared", np.ones(MLP.n_params), chunk_size=2,
+                                     **kw),
+    ):
+        np.testing.assert_allclose(measure(refilled()), measure(copies), rtol=RTOL, atol=ATOL)

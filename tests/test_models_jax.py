@@ -346,10 +346,10 @@ def test_bad_inputs_and_outputs_are_refused(small_mlp):
         gm.geometric_complexity(apply, np.where(X > 1, np.inf, X), params=tree)
     with pytest.raises(ValueError, match="X contains NaN"):
         gm.geometric_complexity(apply, np.where(X > 1, np.nan, X), params=tree)
-    # Finite entries whose sum overflows (the quick check's case for the full scan).
+    # Finite entries whose sum overflows: accepted by the compiled scan (no error).
     huge = np.full((4, 3), 1e308)
     assert not np.isfinite(np.sum(huge))
-    assert JaxModel(apply, tree).check_batch(huge, "X") is huge
+    assert JaxModel(apply, tree).outputs(huge).shape == (4, 2)
     with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1,\)"):
         gm.geometric_complexity(lambda p, x: apply(p, x)[:, 0], X, params=tree, chunk_size=4)
     with pytest.raises(ValueError, match=r"shape \(n, k\).*returned shape \(1, 2\)"):
@@ -541,32 +541,65 @@ def test_hvp_tangent_is_placed_once_per_call_and_again_after_an_in_place_change(
     assert model._session_tangent is None  # nothing held after the call
 
 
-def test_chunks_of_a_checked_batch_are_not_scanned_again(small_mlp, monkeypatch):
-    """Inside a measure call check_batch scans the whole batch for non-finite values once;
-    its chunks (views of it) skip the scan, while any other array is still scanned."""
-    import gcref.backends.jax_model as jm
+def _every_primitive(model, X):
+    """Each primitive of a JaxModel on chunk ``X`` (2 outputs; targets and vectors made up)."""
+    from gcref.losses import get_loss
+
+    n, rng, loss = X.shape[0], np.random.default_rng(5), get_loss("squared")
+    y = rng.normal(size=(n, 2))
+    v = rng.normal(size=model.n_parameters())
+    return {
+        "outputs": lambda: model.outputs(X),
+        "reverse": lambda: model.jacobian_sq_norms(X, "reverse"),
+        "forward": lambda: model.jacobian_sq_norms(X, "forward"),
+        "probes": lambda: model.probe_sq_norms(X, rng.normal(size=(n, 2, 2))),
+        "output_grads": lambda: model.output_grad_sq_norms(X),
+        "loss_grads": lambda: model.loss_grad_sq_norms(X, y, loss),
+        "sum_and_norms": lambda: model.loss_grad_sum_and_sq_norms(X, y, loss),
+        "grad_sum": lambda: model.loss_grad_sum(X, y, loss),
+        "hvp": lambda: model.loss_hvp_sum(X, y, loss, v),
+        "penalty": lambda: model.per_example_penalty_grad_sum(X, y, loss),
+    }
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax-array"])
+def test_every_primitive_refuses_a_non_finite_chunk(small_mlp, bad, as_jax):
+    """The scan runs inside each compiled primitive (issue 17). A chunk of 3 padded to the
+    size 5 already compiled is accepted when finite and refused with one bad entry in its
+    last real row."""
+    import jax.numpy as jnp
+
+    def chunk(X):
+        if not as_jax:
+            return X
+        with gcref.get_backend("jax").scope(np.float64):
+            return jnp.asarray(X)
 
     apply, tree = small_mlp
-    rng = np.random.default_rng(31)
-    X = rng.normal(size=(9, 3))
     model = JaxModel(apply, tree)
-    answers = []
-    inside = jm._inside
-    monkeypatch.setattr(jm, "_inside", lambda c, b: answers.append(inside(c, b)) or answers[-1])
-    whole = gm.geometric_complexity(model, X, chunk_size=4)  # 3 chunks
-    # Every chunk, and the first call's check for batch statistics on parts of the batch.
-    assert len(answers) >= 3 and all(answers)
-    assert model._session_batch is None  # nothing held after the call
-    assert_close(whole, gm.geometric_complexity(model, X, chunk_size=9))
-    # Outside a session, and for an array that is not a chunk of the batch, the scan runs.
-    bad = np.where(X > 1, np.nan, X)
-    with pytest.raises(ValueError, match="X contains NaN"):
-        model.jacobian_sq_norms(bad, "reverse")
-    with model.session():
-        model.check_batch(X, "X")
-        with pytest.raises(ValueError, match="X contains NaN"):
-            model.jacobian_sq_norms(bad[:4], "reverse")
-        assert not answers[-1]
+    X = np.random.default_rng(33).normal(size=(5, 3))
+    for run in _every_primitive(model, X).values():
+        run()  # compiles size 5
+    X = X[:3].copy()
+    for run in _every_primitive(model, chunk(X)).values():
+        run()
+    X[2, 1] = bad
+    for name, run in _every_primitive(model, chunk(X)).items():
+        with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+            run()
+
+
+def test_check_batch_leaves_the_values_to_the_primitives(small_mlp):
+    """check_batch checks dtypes and shapes; the values are the compiled scan's (one read
+    of each chunk, not two), and the measure still refuses the bad input."""
+    apply, tree = small_mlp
+    model = JaxModel(apply, tree)
+    bad = np.random.default_rng(34).normal(size=(9, 3))
+    bad[7, 0] = np.nan
+    assert model.check_batch(bad, "X") is bad
+    with pytest.raises(ValueError, match="X contains NaN or infinite values"):
+        gm.geometric_complexity(model, bad, chunk_size=4)  # the NaN in the second chunk
 
 
 def test_a_batch_refilled_in_place_is_scanned_again(small_mlp):
@@ -584,13 +617,34 @@ def test_a_batch_refilled_in_place_is_scanned_again(small_mlp):
         gm.geometric_complexity(apply, refilled(), params=tree, chunk_size=4)
 
 
-def test_inside_reads_the_memory_of_a_block_of_rows():
-    import gcref.backends.jax_model as jm
+def test_begun_primitives_complete_to_the_values_of_the_primitives(small_mlp):
+    """``begin`` dispatches without waiting; completing, in any order, gives what each
+    primitive returns; a primitive without a begun form (outputs) is computed at once."""
+    from gcref.losses import get_loss
 
-    batch = np.zeros((6, 4))
-    assert jm._inside(batch[2:5], batch) and jm._inside(batch, batch)
-    assert not jm._inside(np.zeros((2, 4)), batch)
-    assert not jm._inside(batch[:, :2], batch)  # not a block of rows: not C-contiguous
-    assert not jm._inside(batch[1:3].astype(np.float32), batch)
-    view = batch[1:5]
-    assert jm._inside(view[1:3], view) and not jm._inside(batch[4:6], view)
+    apply, tree = small_mlp
+    model = JaxModel(apply, tree)
+    rng = np.random.default_rng(35)
+    X1, X2 = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    y, loss = rng.normal(size=(5, 2)), get_loss("squared")
+    v = rng.normal(size=model.n_parameters())
+    calls = {
+        "jacobian_sq_norms": ("reverse",),
+        "probe_sq_norms": (rng.normal(size=(5, 3, 2)),),
+        "output_grad_sq_norms": (),
+        "loss_grad_sq_norms": (y, loss),
+        "loss_grad_sum_and_sq_norms": (y, loss),
+        "loss_grad_sum": (y, loss),
+        "loss_hvp_sum": (y, loss, v),
+        "per_example_penalty_grad_sum": (y, loss),
+        "outputs": (),
+    }
+    assert set(calls) - {"outputs"} == JaxModel._BEGUN
+    for name, args in calls.items():
+        first, second = model.begin(name, X1, *args), model.begin(name, X2, *args)
+        got2, got1 = second(), first()
+        for got, X in ((got1, X1), (got2, X2)):
+            want = getattr(model, name)(X, *args)
+            for g, w in zip(got if isinstance(got, tuple) else (got,),
+                            want if isinstance(want, tuple) else (want,)):
+                assert_close(np.asarray(g), np.asarray(w))

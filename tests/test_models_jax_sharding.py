@@ -119,6 +119,20 @@ SCRIPT = textwrap.dedent(
     for name in want:
         close(got[name], want[name])
         close(want[name], closed_over[name])
+
+    # A NaN held by the second device only (row 5 of 7: chunk 3-5, rows 4-5 there).
+    bad = X.copy()
+    bad[5, 1] = np.nan
+    for measure in (
+        lambda m: gm.geometric_complexity(m, bad, chunk_size=CHUNK),
+        lambda m: gm.loss_hvp(m, (bad, y), "squared", rng.normal(size=8), chunk_size=CHUNK),
+    ):
+        try:
+            measure(JaxModel(normalised, theta, state=state))
+        except ValueError as err:
+            assert "X contains NaN or infinite values" in str(err), err
+        else:
+            raise AssertionError("a NaN on the second device was not refused")
     print("sharded results equal")
     """
 )

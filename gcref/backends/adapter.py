@@ -86,6 +86,17 @@ class ModelAdapter:
         """
         return contextlib.nullcontext(self)
 
+    def begin(self, primitive, *args):
+        """Start primitive ``primitive`` (a method's name) on a chunk; return a function that
+        completes it and returns what the primitive returns.
+
+        gcref.models begins the next chunk of a batch before it completes this one, so an
+        adapter whose framework computes asynchronously (JAX) prepares one chunk while the
+        other computes. The default computes at once.
+        """
+        result = getattr(self, primitive)(*args)
+        return lambda: result
+
     def check_batch(self, X, name):
         """Validate one batch before it is cut into chunks; return it (possibly converted).
 
