@@ -233,26 +233,45 @@ def _checked(
 
 
 def _one_ahead(
-    pieces: Iterable[tuple[Any, ...]], begin: Callable[..., Callable[[], T]]
+    adapter: ModelAdapter, pieces: Iterable[tuple[Any, ...]],
+    begin: Callable[..., Callable[[], T]],
 ) -> Iterator[T]:
-    """``begin(*args)()`` for each piece ``(*args, last)``, completed one chunk late in a batch.
+    """``begin(*args)()`` for each piece ``(*args, last)``, in order.
 
     ``begin`` starts a chunk's work (:meth:`ModelAdapter.begin`) and returns a function
-    that completes it. The next chunk of a batch is begun before this one is completed,
-    so an adapter that computes asynchronously prepares one chunk while the other
-    computes; the last chunk of a batch (``last``) is completed before the next batch is
-    read, since a loader may refill the batch's memory in place. Results come in order.
+    that completes it. For an adapter that computes asynchronously
+    (``adapter.asynchronous``), the next chunk of a batch is begun before this one is
+    completed, so one chunk is prepared while the other computes; the last chunk of a
+    batch (``last``) is completed before the next batch is read, since a loader may
+    refill the batch's memory in place. An error in reading or beginning the next chunk
+    is raised after the pending chunk is completed, so that chunk's own error (a NaN in
+    it) comes first, as in data order. Other adapters complete each chunk at once.
     """
-    pending = None
-    for *args, last in pieces:
-        started = begin(*args)
+    if not adapter.asynchronous:
+        for piece in pieces:
+            yield begin(*piece[:-1])()
+        return
+    pending: Callable[[], T] | None = None
+    source = iter(pieces)
+    while True:
+        try:
+            piece = next(source, None)
+            if piece is None:
+                break
+            started = begin(*piece[:-1])
+        except BaseException:
+            if pending is not None:
+                pending()
+            raise
         if pending is not None:
             yield pending()
-        pending = None
-        if last:
+            pending = None
+        if piece[-1]:
             yield started()
         else:
             pending = started
+    if pending is not None:  # the pieces ended without marking their last chunk
+        yield pending()
 
 
 def _check_independent(adapter: ModelAdapter, X: NativeArray) -> None:
@@ -419,7 +438,7 @@ def geometric_complexity(
     pieces = chunk_ends(data, chunk_size, need_targets=False, allow_empty=True, spec=spec,
                         what="geometric_complexity",
                         check=_checked(adapter, chunk_size, wrt_input=True))
-    for sq_norms in _one_ahead(pieces, begin):
+    for sq_norms in _one_ahead(adapter, pieces, begin):
         total, count = total + float(np.sum(sq_norms)), count + sq_norms.size
         if per_example:
             values.add(sq_norms)
@@ -554,7 +573,7 @@ def estimate_geometric_complexity(
     pieces = chunk_ends(data, per_chunk, need_targets=False, allow_empty=True, spec=spec,
                         what="estimate_geometric_complexity",
                         check=_checked(adapter, per_chunk, wrt_input=True))
-    for stats in _one_ahead(pieces, begin):
+    for stats in _one_ahead(adapter, pieces, begin):
         if probe == "sphere":
             stats = ks[0] * stats
         total, count = total + float(stats.sum()), count + stats.shape[0]
@@ -601,7 +620,7 @@ def output_grad_sq_norms(
     rows = _Rows("output_grad_sq_norms")
     pieces = chunk_ends(data, chunk_size, need_targets=False, spec=spec,
                         what="output_grad_sq_norms", check=_checked(adapter, chunk_size))
-    for sq_norms in _one_ahead(pieces, lambda X, _: adapter.begin("output_grad_sq_norms", X)):
+    for sq_norms in _one_ahead(adapter, pieces, lambda X, _: adapter.begin("output_grad_sq_norms", X)):
         rows.add(sq_norms)
     settings = _settings(adapter, spec, chunk_size=chunk_size)
     return GradNorms(rows.array(), adapter.parameter_names(), settings)
@@ -627,7 +646,7 @@ def loss_grad_sq_norms(
     pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, spec=spec,
                                  what="loss_grad_sq_norms", check=_checked(adapter, chunk_size))
     for _, sq_norms in _one_ahead(
-        pieces, lambda X, targets: adapter.begin("loss_grad_sq_norms", X, targets, loss)
+        adapter, pieces, lambda X, targets: adapter.begin("loss_grad_sq_norms", X, targets, loss)
     ):
         rows.add(sq_norms)
     settings = _settings(adapter, spec, chunk_size=chunk_size, loss=loss)
@@ -666,7 +685,7 @@ def _loss_sum_and_grad(
 
     pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
                                  what=what, check=check)
-    for (value, g), chunk_hg, n in _one_ahead(pieces, begin):
+    for (value, g), chunk_hg, n in _one_ahead(adapter, pieces, begin):
         total, grad, count = total + value, _added(grad, g), count + n
         if penalty:
             hg = _added(hg, chunk_hg)
@@ -726,7 +745,7 @@ def _hvp_sum(
 
     pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
                                  what=what, check=check)
-    for hv, n in _one_ahead(pieces, begin):
+    for hv, n in _one_ahead(adapter, pieces, begin):
         partial.add(hv)
         count += n
     total = adapter.all_reduce_sum(adapter.to_native_vector(partial.total(adapter, native_vector)))
@@ -913,7 +932,7 @@ def igr_terms(
         batch_grad, batch_count = None, 0
         pieces = labelled_chunk_ends(adapter, batch, loss, chunk_size, allow_empty=True,
                                      what="igr_terms", check=check)
-        for (chunk_loss, chunk_grad, sq), n in _one_ahead(pieces, begin_igr):
+        for (chunk_loss, chunk_grad, sq), n in _one_ahead(adapter, pieces, begin_igr):
             per_example_sum += float(np.sum(sq))
             loss_sum += float(chunk_loss)
             batch_grad = _added(batch_grad, chunk_grad)
@@ -1004,12 +1023,6 @@ def _sgd_parts(
 ) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Per mini-batch: ``(sum l, sum grad l, n_j, [H_j grad L_j])``, all-reduced."""
     check = _checked(adapter, chunk_size)
-
-    def begin_igr(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
-        done = adapter.begin("loss_grad_sum_and_sq_norms", X, targets, loss)
-        n = X.shape[0]
-        return lambda: (done(), n)
-
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         total, grad, count = _loss_sum_and_grad(
             adapter, batch, loss, chunk_size, DataSpec(), "modified_loss_sgd", check=check

@@ -397,6 +397,13 @@ def test_chunk_ends_marks_the_last_chunk_of_each_batch(sizes):
     ]
 
 
+class _Asynchronous:
+    asynchronous = True
+
+
+ASYNCHRONOUS = _Asynchronous()
+
+
 def test_one_ahead_begins_the_next_chunk_first_and_drains_each_batch():
     """Chunk j+1 of a batch is begun before chunk j is completed; the last chunk of a
     batch is completed before the next batch is read (a loader may refill its memory)."""
@@ -411,28 +418,56 @@ def test_one_ahead_begins_the_next_chunk_first_and_drains_each_batch():
         log.append(f"begin {j}")
         return lambda: log.append(f"complete {j}") or 10 * j
 
-    assert list(models._one_ahead(pieces(), begin)) == [0, 10, 20, 30, 40]
+    assert list(models._one_ahead(ASYNCHRONOUS, pieces(), begin)) == [0, 10, 20, 30, 40]
     assert log == [
         "read 0", "begin 0", "read 1", "begin 1", "complete 0", "read 2", "begin 2",
         "complete 1", "complete 2", "read 3", "begin 3", "read 4", "begin 4", "complete 3",
         "complete 4",
     ]
+    # An adapter that computes at once (the default) completes each chunk before reading on.
+    log.clear()
+    assert list(models._one_ahead(models.ModelAdapter(), pieces(), begin)) == [0, 10, 20, 30, 40]
+    assert log == [f"{step} {j}" for j in range(5) for step in ("read", "begin", "complete")]
 
 
-def _jax_apply():
-    require_backend("jax")
-    from gcref.nets.jax import mlp_apply_from_gcref
+def test_one_ahead_completes_the_pending_chunk_before_raising_a_later_error():
+    """A bad chunk's own error comes first, as in data order; a good one is still completed."""
 
-    apply, tree = mlp_apply_from_gcref(MLP, PARAMS)
-    return apply, {"params": tree}
+    def pieces():
+        yield "first", False
+        yield "second", False
+
+    for fails, message in ((True, "first chunk: NaN"), (False, "second chunk: bad labels")):
+        log = []
+
+        def begin(name, fails=fails, log=log):
+            if name == "second":
+                raise ValueError("second chunk: bad labels")
+
+            def completed():
+                if fails:
+                    raise ValueError("first chunk: NaN")
+                log.append("completed")
+
+            return completed
+
+        with pytest.raises(ValueError, match=message):
+            list(models._one_ahead(ASYNCHRONOUS, pieces(), begin))
+        assert log == ([] if fails else ["completed"])
 
 
-@pytest.mark.parametrize("model_kind", ["mlp-numpy", "torch-module", "jax-apply"])
-def test_a_loader_refilling_one_buffer_gives_the_values_of_copies(model_kind):
-    """Each batch lies in the memory of the last, overwritten by the loader: the results
-    equal those of the batches as separate arrays (chunks are begun one ahead only within
-    a batch)."""
-    model, kw = _jax_apply() if model_kind == "jax-apply" else MODELS[model_kind]()
+def test_a_loader_refilling_one_buffer_gives_the_values_of_copies(monkeypatch):
+    """Each batch lies in the memory of the last, overwritten by the loader. An adapter
+    that reads a chunk only when it completes it (as JAX on the CPU may read a NumPy
+    chunk while the next is prepared) still gives the values of separate arrays: the
+    last chunk of a batch is completed before the next batch is read."""
+    from gcref.backends.mlp_model import MLPModel
+
+    def deferred(self, primitive, *args):
+        return lambda: getattr(self, primitive)(*args)  # reads X now, not when begun
+
+    monkeypatch.setattr(MLPModel, "begin", deferred)
+    monkeypatch.setattr(MLPModel, "asynchronous", True)
     inputs, labels = np.empty((BATCH, D)), np.empty((BATCH, K))
 
     def refilled():
@@ -443,10 +478,11 @@ def test_a_loader_refilling_one_buffer_gives_the_values_of_copies(model_kind):
 
     copies = [(X[s].copy(), Y[s].copy()) for s in SLICES]
     for measure in (
-        lambda data: models.geometric_complexity(model, data, per_example=True, chunk_size=2,
-                                                 **kw).per_example,
-        lambda data: models.loss_grad_sq_norms(model, data, "squared", chunk_size=2, **kw).total,
-        lambda data: models.loss_hvp(model, data, "squared", np.ones(MLP.n_params), chunk_size=2,
-                                     **kw),
+        lambda data: models.geometric_complexity(MLP, data, params=PARAMS, per_example=True,
+                                                 chunk_size=2).per_example,
+        lambda data: models.loss_grad_sq_norms(MLP, data, "squared", params=PARAMS,
+                                               chunk_size=2).total,
+        lambda data: models.loss_hvp(MLP, data, "squared", np.ones(MLP.n_params),
+                                     params=PARAMS, chunk_size=2),
     ):
         np.testing.assert_allclose(measure(refilled()), measure(copies), rtol=RTOL, atol=ATOL)

@@ -585,7 +585,7 @@ def test_every_primitive_refuses_a_non_finite_chunk(small_mlp, bad, as_jax):
     for run in _every_primitive(model, chunk(X)).values():
         run()
     X[2, 1] = bad
-    for name, run in _every_primitive(model, chunk(X)).items():
+    for run in _every_primitive(model, chunk(X)).values():
         with pytest.raises(ValueError, match="X contains NaN or infinite values"):
             run()
 
@@ -648,3 +648,21 @@ def test_begun_primitives_complete_to_the_values_of_the_primitives(small_mlp):
             for g, w in zip(got if isinstance(got, tuple) else (got,),
                             want if isinstance(want, tuple) else (want,)):
                 assert_close(np.asarray(g), np.asarray(w))
+
+
+def test_an_overridden_primitive_is_what_the_measures_call(small_mlp, monkeypatch):
+    """begin uses JaxModel's begun form only for JaxModel's own method: a subclass's or an
+    instance's replacement is called (found by review: it was skipped)."""
+    apply, tree = small_mlp
+    X = np.random.default_rng(36).normal(size=(6, 3))
+    want = gm.geometric_complexity(JaxModel(apply, tree), X, chunk_size=4)
+
+    class Scaled(JaxModel):
+        def jacobian_sq_norms(self, X, mode):
+            return 100.0 * super().jacobian_sq_norms(X, mode)
+
+    assert_close(gm.geometric_complexity(Scaled(apply, tree), X, chunk_size=4), 100.0 * want)
+    patched = JaxModel(apply, tree)
+    own = patched.jacobian_sq_norms
+    patched.jacobian_sq_norms = lambda X, mode: 2.0 * own(X, mode)
+    assert_close(gm.geometric_complexity(patched, X, chunk_size=4), 2.0 * want)

@@ -120,7 +120,8 @@ SCRIPT = textwrap.dedent(
         close(got[name], want[name])
         close(want[name], closed_over[name])
 
-    # A NaN held by the second device only (row 5 of 7: chunk 3-5, rows 4-5 there).
+    # A NaN held by the second device only: row 5 of 7, in the chunk of rows 3-5 padded
+    # with a copy of row 5; rows 3-4 lie on the first device, row 5 and its copy on the second.
     bad = X.copy()
     bad[5, 1] = np.nan
     for measure in (

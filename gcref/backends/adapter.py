@@ -86,6 +86,10 @@ class ModelAdapter:
         """
         return contextlib.nullcontext(self)
 
+    #: Whether :meth:`begin` returns before the work is done (JAX); gcref.models then
+    #: begins the next chunk of a batch before it completes one.
+    asynchronous = False
+
     def begin(self, primitive, *args):
         """Start primitive ``primitive`` (a method's name) on a chunk; return a function that
         completes it and returns what the primitive returns.
