@@ -666,3 +666,23 @@ def test_an_overridden_primitive_is_what_the_measures_call(small_mlp, monkeypatc
     own = patched.jacobian_sq_norms
     patched.jacobian_sq_norms = lambda X, mode: 2.0 * own(X, mode)
     assert_close(gm.geometric_complexity(patched, X, chunk_size=4), 2.0 * want)
+
+
+@pytest.mark.parametrize("flag", ["jax_debug_nans", "jax_debug_infs"])
+def test_jax_nan_debugging_still_gets_the_named_error(small_mlp, flag):
+    """With JAX's NaN debugging on, a NaN input would raise JAX's FloatingPointError inside
+    the compiled call; check_batch scans the batch first and names it."""
+    import jax
+
+    apply, tree = small_mlp
+    X = np.random.default_rng(37).normal(size=(5, 3))
+    X[2, 1] = np.nan if flag == "jax_debug_nans" else np.inf
+    before = getattr(jax.config, flag)
+    jax.config.update(flag, True)
+    try:
+        with pytest.raises(ValueError, match="data: X contains NaN or infinite values"):
+            gm.geometric_complexity(apply, X, params=tree)
+        X[2, 1] = 0.5
+        assert np.isfinite(gm.geometric_complexity(apply, X, params=tree))
+    finally:
+        jax.config.update(flag, before)

@@ -9,6 +9,7 @@ import contextlib
 
 import numpy as np
 
+from gcref._checks import all_finite
 from gcref.backends.adapter import ModelAdapter
 
 # -- users' own models ---------------------------------------------------------------------
@@ -90,6 +91,15 @@ def _with_input_scan(fn):
         return fn(params, X, *args), bad
 
     return scanned
+
+
+def _finite(jax, X):
+    """Whether every entry of a floating NumPy or JAX array ``X`` is finite (integers are)."""
+    if not np.issubdtype(X.dtype, np.floating):
+        return True
+    if isinstance(X, np.ndarray):
+        return all_finite(X)
+    return bool(jax.numpy.all(jax.numpy.isfinite(X)))
 
 
 def _overridden(model, name):
@@ -610,10 +620,18 @@ class JaxModel(ModelAdapter):
 
         Returns the batch, its dtype checked (a NumPy array stays the same object). Its
         values are scanned for NaN and infinities chunk by chunk, inside each compiled
-        primitive (:func:`_with_input_scan`), before any result is returned.
+        primitive (:func:`_with_input_scan`), before any result is returned; here too
+        when ``jax_debug_nans`` or ``jax_debug_infs`` is on.
         """
         with self._backend.scope(self.dtype):
             checked = self._checked_batch(X)
+            jax = self._jax
+            if (jax.config.jax_debug_nans or jax.config.jax_debug_infs) and not _finite(
+                jax, checked
+            ):
+                # JAX's NaN debugging re-runs a call op by op and raises at the first NaN
+                # it computes, before the compiled scan could name the input.
+                raise ValueError(f"{name}: X contains NaN or infinite values")
         try:
             self.output_dim(X)
         except _OwnError:
