@@ -24,6 +24,10 @@ Synthetic data: Gaussian 3 x S x S images and uniform labels from a fixed
 - ``1-probe GC``: ``estimate_geometric_complexity(..., n_probes=1)``;
 - ``HVP``: ``loss_hvp`` with a Gaussian vector.
 
+With ``--at-once``, the row ``gcref at once`` times exact GC, the 1-probe estimate and the
+HVP with each chunk completed before the next is prepared (``asynchronous = False``):
+against ``gcref``, what beginning the next chunk of a batch before waiting for one gains.
+
 Alternatives, each written in plain JAX and ``jax.jit``-compiled once per chunk shape, or
 the torch adapter (``gcref.models`` on the torch module, one thread):
 
@@ -316,6 +320,15 @@ def time_methods(methods, repeats, rng):
     return times
 
 
+def _at_once_class(JaxModel):
+    """JaxModel completing each chunk before the next is prepared (``--at-once``)."""
+
+    class AtOnce(JaxModel):
+        asynchronous = False
+
+    return AtOnce
+
+
 def run_net(name, args, torch, rng):
     """Time every measure of network ``name``; returns the plain-JAX rows gcref is not ahead of.
 
@@ -337,6 +350,7 @@ def run_net(name, args, torch, rng):
 
     model = JaxModel(apply, params)
     vmap_model = JaxModel(apply, params, norm_method="vmap")
+    at_once = _at_once_class(JaxModel)(apply, params)
     plain = plain_jax(apply, params, chunk_iter)
     kw = {"chunk_size": c}
     seed = int(rng.integers(2**31))
@@ -393,6 +407,16 @@ def run_net(name, args, torch, rng):
             ),
         },
     }
+    if args.at_once:
+        rows["exact GC"]["gcref at once"] = lambda: gm.geometric_complexity(
+            at_once, X, per_example=True, **kw
+        ).per_example
+        rows["1-probe GC"]["gcref at once"] = lambda: np.array([gm.estimate_geometric_complexity(
+            at_once, X, np.random.default_rng(seed), n_probes=1, **kw
+        ).value])
+        rows["HVP"]["gcref at once"] = lambda: hvp_invariants(
+            gm.loss_hvp(at_once, (X, y), LOSS, theta, **kw), theta
+        )
     behind = []
     for measure in args.measures:
         methods = rows[measure]
@@ -432,6 +456,11 @@ def main(argv=None):
     parser.add_argument("--measures", nargs="+", choices=MEASURES, default=list(MEASURES))
     parser.add_argument("--check-rtol", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--at-once", action="store_true",
+        help="also time gcref completing each chunk before preparing the next (exact GC, "
+             "1-probe GC, HVP): what beginning one chunk ahead gains",
+    )
     parser.add_argument(
         "--quick", action="store_true",
         help="a smoke run: the MLP only, one chunk of 32 8x8 images, width 4, one round",

@@ -109,10 +109,10 @@ def test_judged_calls_gcref_slower_only_when_the_interval_lies_below_one():
 def test_jax_measures_quick_runs_and_every_alternative_agrees_with_gcref(capsys):
     require_backend("jax")
     require_backend("torch")
-    load("jax_measures").main(["--quick", "--measures", "grad norms", "1-probe GC"])
+    load("jax_measures").main(["--quick", "--measures", "grad norms", "1-probe GC", "--at-once"])
     out = capsys.readouterr().out
     assert "DISAGREES" not in out
-    for label in ("jit(vmap(grad))", "jitted VJP", "torch adapter", "gcref vmap"):
+    for label in ("jit(vmap(grad))", "jitted VJP", "torch adapter", "gcref vmap", "gcref at once"):
         assert label in out
     assert re.search(r"(95%|range) \d\.\d{3}-\d\.\d{3}", out)  # one round: the range
     assert "JAX adapter at least as fast as every plain-JAX alternative" in out
