@@ -259,7 +259,7 @@ def _one_ahead(
             if piece is None:
                 break
             started = begin(*piece[:-1])
-        except BaseException:
+        except Exception:  # not KeyboardInterrupt: that should not wait for the pending chunk
             if pending is not None:
                 pending()
             raise
