@@ -254,24 +254,33 @@ def _one_ahead(
     pending: Callable[[], T] | None = None
     source = iter(pieces)
     while True:
+        error = None
         try:
             piece = next(source, None)
-            if piece is None:
-                break
-            started = begin(*piece[:-1])
-        except Exception:  # not KeyboardInterrupt: that should not wait for the pending chunk
+            if piece is not None:
+                started = begin(*piece[:-1])
+        # Re-raised below. Not BaseException: a KeyboardInterrupt should not wait for the
+        # pending chunk.
+        except Exception as err:  # noqa: BLE001
+            error = err
+        if error is not None:
             if pending is not None:
-                pending()
-            raise
+                pending()  # its own error first, as in data order
+            raise error
         if pending is not None:
-            yield pending()
-            pending = None
+            value, pending = pending(), None
+            yield value
+        if piece is None:
+            return
         if piece[-1]:
-            yield started()
+            # The work is let go before the next batch is read (no chunk's buffers idle
+            # during the loader's work).
+            value = started()
+            del started
+            yield value
         else:
             pending = started
-    if pending is not None:  # the pieces ended without marking their last chunk
-        yield pending()
+            del started
 
 
 def _check_independent(adapter: ModelAdapter, X: NativeArray) -> None:

@@ -455,6 +455,22 @@ def test_one_ahead_completes_the_pending_chunk_before_raising_a_later_error():
             list(models._one_ahead(ASYNCHRONOUS, pieces(), begin))
         assert log == ([] if fails else ["completed"])
 
+    # An error in reading the next chunk (a loader failing), likewise.
+    def failing_reads():
+        yield "first", False
+        raise OSError("the loader failed")
+
+    log = []
+    with pytest.raises(OSError, match="the loader failed"):
+        list(models._one_ahead(ASYNCHRONOUS, failing_reads(), lambda name: lambda: log.append(name)))
+    assert log == ["first"]
+
+
+def test_one_ahead_completes_a_chunk_left_pending_when_the_pieces_end():
+    """Pieces that end without marking a last chunk still give every result."""
+    pieces = [(j, False) for j in range(3)]
+    assert list(models._one_ahead(ASYNCHRONOUS, pieces, lambda j: lambda: j)) == [0, 1, 2]
+
 
 def test_a_loader_refilling_one_buffer_gives_the_values_of_copies(monkeypatch):
     """Each batch lies in the memory of the last, overwritten by the loader. An adapter

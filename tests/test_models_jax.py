@@ -651,8 +651,10 @@ def test_begun_primitives_complete_to_the_values_of_the_primitives(small_mlp):
 
 
 def test_an_overridden_primitive_is_what_the_measures_call(small_mlp, monkeypatch):
-    """begin uses JaxModel's begun form only for JaxModel's own method: a subclass's or an
-    instance's replacement is called (found by review: it was skipped)."""
+    """begin uses JaxModel's begun form only for JaxModel's own method: a subclass's, an
+    instance's or the class's replacement is called (found by review: it was skipped)."""
+    import gcref.backends.jax_model as jm
+
     apply, tree = small_mlp
     X = np.random.default_rng(36).normal(size=(6, 3))
     want = gm.geometric_complexity(JaxModel(apply, tree), X, chunk_size=4)
@@ -666,18 +668,37 @@ def test_an_overridden_primitive_is_what_the_measures_call(small_mlp, monkeypatc
     own = patched.jacobian_sq_norms
     patched.jacobian_sq_norms = lambda X, mode: 2.0 * own(X, mode)
     assert_close(gm.geometric_complexity(patched, X, chunk_size=4), 2.0 * want)
+    # JaxModel's own methods are not overridden: the measures use the begun forms.
+    plain = JaxModel(apply, tree)
+    assert not any(jm._overridden(plain, name) for name in JaxModel._BEGUN)
+    # A patch on the class itself.
+    original = JaxModel.jacobian_sq_norms
+    monkeypatch.setattr(
+        JaxModel, "jacobian_sq_norms", lambda self, X, mode: 3.0 * original(self, X, mode)
+    )
+    assert_close(gm.geometric_complexity(JaxModel(apply, tree), X, chunk_size=4), 3.0 * want)
 
 
 @pytest.mark.parametrize("flag", ["jax_debug_nans", "jax_debug_infs"])
-def test_jax_nan_debugging_still_gets_the_named_error(small_mlp, flag):
+def test_jax_nan_debugging_still_gets_the_named_error(small_mlp, flag, monkeypatch):
     """With JAX's NaN debugging on, a NaN input would raise JAX's FloatingPointError inside
-    the compiled call; check_batch scans the batch first and names it."""
+    the compiled call; check_batch scans the batch first and names it (only then)."""
     import jax
+
+    from gcref._checks import all_finite
 
     apply, tree = small_mlp
     X = np.random.default_rng(37).normal(size=(5, 3))
     X[2, 1] = np.nan if flag == "jax_debug_nans" else np.inf
     before = getattr(jax.config, flag)
+    import gcref.backends.jax_model as jm
+
+    scans = []
+    monkeypatch.setattr(jm, "all_finite", lambda a: scans.append(1) or all_finite(a))
+    X[2, 1] = 0.5
+    gm.geometric_complexity(apply, X, params=tree)
+    assert not scans  # the flag off: no host scan
+    X[2, 1] = np.nan if flag == "jax_debug_nans" else np.inf
     jax.config.update(flag, True)
     try:
         with pytest.raises(ValueError, match="data: X contains NaN or infinite values"):

@@ -94,9 +94,10 @@ class ModelAdapter:
         """Start primitive ``primitive`` (a method's name) on a chunk; return a function that
         completes it and returns what the primitive returns.
 
-        gcref.models begins the next chunk of a batch before it completes this one, so an
-        adapter whose framework computes asynchronously (JAX) prepares one chunk while the
-        other computes. The default computes at once.
+        For an adapter whose framework computes asynchronously (:attr:`asynchronous`:
+        JAX), gcref.models begins the next chunk of a batch before it completes this one,
+        so that one chunk is prepared while the other computes. The default computes at
+        once.
         """
         result = getattr(self, primitive)(*args)
         return lambda: result

@@ -103,11 +103,12 @@ def _finite(jax, X):
 
 
 def _overridden(model, name):
-    """Whether method ``name`` of ``model`` is not JaxModel's own (a subclass or a patch).
+    """Whether method ``name`` of ``model`` is not JaxModel's own (a subclass's, or a patch
+    on the instance or the class).
 
     :meth:`JaxModel.begin` then calls it rather than JaxModel's begun form of it.
     """
-    return name in vars(model) or getattr(type(model), name) is not getattr(JaxModel, name)
+    return name in vars(model) or getattr(type(model), name) is not _OWN_PRIMITIVES[name]
 
 
 def _leaf_sq_sums(tree):
@@ -980,6 +981,10 @@ class JaxModel(ModelAdapter):
         sizes = [int(np.prod(s)) for s in self._shapes]
         pieces = np.split(np.asarray(vector), np.cumsum(sizes)[:-1])
         return [piece.reshape(s).astype(self.dtype) for piece, s in zip(pieces, self._shapes)]
+
+
+#: JaxModel's own primitives with a begun form, as defined (see :func:`_overridden`).
+_OWN_PRIMITIVES = {name: vars(JaxModel)[name] for name in JaxModel._BEGUN}
 
 
 def _checked_param_leaves(jax, params):
