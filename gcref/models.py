@@ -283,6 +283,12 @@ def _one_ahead(
             del started
 
 
+def _counted(done: Callable[[], T], X: NativeArray) -> Callable[[], tuple[T, int]]:
+    """``done`` completing to ``(its result, the chunk's number of examples)``."""
+    n = X.shape[0]
+    return lambda: (done(), n)
+
+
 def _check_independent(adapter: ModelAdapter, X: NativeArray) -> None:
     whole = adapter.outputs(X)
     half = X.shape[0] // 2
@@ -684,17 +690,16 @@ def _loss_sum_and_grad(
     """``(sum_n l_n, sum_n grad l_n, N)`` all-reduced; with ``penalty`` also ``sum_n H_n grad l_n``."""
     total, grad, hg, count = 0.0, None, None, 0
 
-    def begin(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, Any, int]]:
+    def begin(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
         grad_done = adapter.begin("loss_grad_sum", X, targets, loss)
         hg_done = (
             adapter.begin("per_example_penalty_grad_sum", X, targets, loss) if penalty else None
         )
-        n = X.shape[0]
-        return lambda: (grad_done(), None if hg_done is None else hg_done(), n)
+        return _counted(lambda: (grad_done(), None if hg_done is None else hg_done()), X)
 
     pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
                                  what=what, check=check)
-    for (value, g), chunk_hg, n in _one_ahead(adapter, pieces, begin):
+    for ((value, g), chunk_hg), n in _one_ahead(adapter, pieces, begin):
         total, grad, count = total + value, _added(grad, g), count + n
         if penalty:
             hg = _added(hg, chunk_hg)
@@ -749,8 +754,7 @@ def _hvp_sum(
     partial, count = _PairwiseSum(), 0
 
     def begin(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
-        done, n = adapter.begin("loss_hvp_sum", X, targets, loss, native_vector), X.shape[0]
-        return lambda: (done(), n)
+        return _counted(adapter.begin("loss_hvp_sum", X, targets, loss, native_vector), X)
 
     pieces = labelled_chunk_ends(adapter, data, loss, chunk_size, allow_empty=True, spec=spec,
                                  what=what, check=check)
@@ -933,9 +937,7 @@ def igr_terms(
     check = _checked(adapter, chunk_size)
 
     def begin_igr(X: NativeArray, targets: Any) -> Callable[[], tuple[Any, int]]:
-        done = adapter.begin("loss_grad_sum_and_sq_norms", X, targets, loss)
-        n = X.shape[0]
-        return lambda: (done(), n)
+        return _counted(adapter.begin("loss_grad_sum_and_sq_norms", X, targets, loss), X)
 
     for j, batch in _each_minibatch(adapter, data, batch_size, spec):
         batch_grad, batch_count = None, 0
